@@ -1,0 +1,301 @@
+"""Typed configuration: one object loaded once from ``config.toml`` and passed down.
+
+Every setting is a dataclass field. Unknown keys, wrong types and out-of-range values are errors
+whose message names the file, the key and what is allowed. Secrets never live in the file: a
+``*_env`` setting names the environment variable that holds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ConfigError
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are NightOwl, a helpful assistant. Answer briefly and precisely. "
+    "When sources are given, answer from them and say so when they do not contain the answer."
+)
+
+
+def _range(lo: float | None = None, hi: float | None = None, choices: tuple[str, ...] = ()) -> Any:
+    return {"lo": lo, "hi": hi, "choices": choices}
+
+
+def _f(default: Any, lo: float | None = None, hi: float | None = None,
+       choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata=_range(lo, hi, choices))
+
+
+def _lst() -> Any:
+    return field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    dir: str = "var"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir).expanduser()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backend: str = _f("local", choices=("local", "openai", "fake"))
+    name: str = "embedded"
+    dtype: str = _f("auto", choices=("auto", "bfloat16", "float32", "float16"))
+    device: str = "auto"
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    context_length: int = _f(2048, 128, 1_000_000)
+    max_new_tokens: int = _f(256, 1, 32_768)
+    temperature: float = _f(0.3, 0.0, 2.0)
+    top_p: float = _f(0.9, 0.01, 1.0)
+    repetition_penalty: float = _f(1.2, 1.0, 2.0)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_batch_size: int = _f(8, 1, 256)
+    max_queue: int = _f(64, 1, 100_000)
+    threads: int = _f(0, 0, 512)
+    canary_share: float = _f(0.0, 0.0, 1.0)
+    base_url: str = ""
+    api_key_env: str = ""
+    timeout_s: float = _f(60.0, 1.0, 3600.0)
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    enabled: bool = True
+    embedding_model: str = "embedded"
+    chroma_url: str = ""
+    collection: str = "knowledge"
+    chunk_tokens: int = _f(200, 16, 4096)
+    chunk_overlap: int = _f(30, 0, 1024)
+    top_k: int = _f(3, 1, 50)
+    min_score: float = _f(0.3, -1.0, 1.0)
+    context_tokens: int = _f(600, 0, 100_000)
+    max_file_mb: float = _f(20.0, 0.001, 10_000.0)
+    sample_on_first_run: bool = True
+    hybrid: bool = True
+    upload_roots: list[str] = _lst()
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    history_messages: int = _f(20, 0, 1000)
+    max_message_chars: int = _f(8000, 1, 1_000_000)
+    stream_interval_s: float = _f(0.5, 0.0, 60.0)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    enabled: bool = True
+    schedule: str = "0 3 * * *"
+    timezone: str = "local"
+    min_examples: int = _f(4, 1, 1_000_000)
+    include_unrated_after_hours: float = _f(0.0, 0.0, 100_000.0)
+    min_chars: int = _f(2, 0, 100_000)
+    max_chars: int = _f(4000, 1, 1_000_000)
+    eval_fraction: float = _f(0.2, 0.0, 0.9)
+    max_seq_len: int = _f(512, 32, 1_000_000)
+    epochs: float = _f(3.0, 0.01, 1000.0)
+    max_steps: int = _f(-1, -1, 10_000_000)
+    learning_rate: float = _f(2e-4, 1e-8, 1.0)
+    weight_decay: float = _f(0.01, 0.0, 1.0)
+    lr_scheduler: str = _f("linear", choices=("linear", "cosine", "constant"))
+    warmup_steps: int = _f(5, 0, 1_000_000)
+    batch_size: int = _f(2, 1, 4096)
+    grad_accum: int = _f(4, 1, 4096)
+    max_grad_norm: float = _f(0.3, 0.0, 1000.0)
+    seed: int = 3407
+    lora_r: int = _f(16, 1, 1024)
+    lora_alpha: int = _f(16, 1, 4096)
+    lora_dropout: float = _f(0.0, 0.0, 0.9)
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    continue_from_active: bool = False
+    replay_share: float = _f(0.2, 0.0, 1.0)
+    keep_adapters: int = _f(10, 1, 10_000)
+    eval_tolerance: float = _f(0.05, 0.0, 10.0)
+    threads: int = _f(0, 0, 512)
+
+
+@dataclass(frozen=True)
+class TelegramConfig:
+    token_env: str = "TELEGRAM_BOT_TOKEN"
+    base_url: str = "https://api.telegram.org/bot"
+    base_file_url: str = "https://api.telegram.org/file/bot"
+    admins: list[int] = _lst()
+    allowed_users: list[int] = _lst()
+    allowed_chats: list[int] = _lst()
+    stream_edit_interval_s: float = _f(1.5, 0.0, 60.0)
+    max_document_mb: float = _f(20.0, 0.001, 2000.0)
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    token_env: str = "DISCORD_BOT_TOKEN"
+    admins: list[int] = _lst()
+    admin_role_ids: list[int] = _lst()
+    guild_ids: list[int] = _lst()
+    allowed_channels: list[int] = _lst()
+    reply_in_threads: bool = False
+    stream_edit_interval_s: float = _f(1.2, 0.0, 60.0)
+    message_content: bool = False
+    max_attachment_mb: float = _f(20.0, 0.001, 2000.0)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    retention_days: int = _f(0, 0, 100_000)
+    scrub_pii: bool = True
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    user_messages_per_minute: float = _f(20.0, 0.0, 100_000.0)
+    user_burst: int = _f(5, 1, 100_000)
+    chat_messages_per_minute: float = _f(60.0, 0.0, 100_000.0)
+    max_concurrent_per_user: int = _f(2, 1, 1000)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = _f("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    json: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rag: RagConfig = field(default_factory=RagConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    telegram: TelegramConfig = field(default_factory=TelegramConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: str = field(default="<defaults>", compare=False)
+
+    def replace(self, **sections: Any) -> Config:
+        """Return a copy with whole sections or dotted keys replaced (``model__max_new_tokens=8``)."""
+        cfg = self
+        for key, value in sections.items():
+            if "__" in key:
+                sec, name = key.split("__", 1)
+                cfg = dataclasses.replace(
+                    cfg, **{sec: dataclasses.replace(getattr(cfg, sec), **{name: value})})
+            else:
+                cfg = dataclasses.replace(cfg, **{key: value})
+        return cfg
+
+    def secret(self, env_name: str) -> str | None:
+        """Read a secret from the environment variable named by a ``*_env`` setting."""
+        value = os.environ.get(env_name, "").strip() if env_name else ""
+        return value or None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(where: str, tp: Any, value: Any, meta: dict[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (list, types.GenericAlias) or origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list of {_type_name(item_tp)}, got {value!r}")
+        return [_check_value(f"{where}[{i}]", item_tp, v, {}) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices") or ()
+    if choices and value not in choices:
+        raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"{where} must be between {lo} and {hi}, got {value!r}")
+    return value
+
+
+def _build_section(cls: Any, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {allowed}")
+        kwargs[key] = _check_value(f"{where}.{key}", hints[key], value, dict(fields[key].metadata))
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config, where: str) -> None:
+    m, t, r = cfg.model, cfg.training, cfg.rag
+    if m.load_in_4bit and m.load_in_8bit:
+        raise ConfigError(f"{where}: [model] load_in_4bit and load_in_8bit cannot both be true")
+    if m.backend == "openai" and not m.base_url:
+        raise ConfigError(f"{where}: [model] backend = 'openai' needs base_url "
+                          "(e.g. 'http://127.0.0.1:8000/v1')")
+    if r.chunk_overlap >= r.chunk_tokens:
+        raise ConfigError(f"{where}: [rag] chunk_overlap ({r.chunk_overlap}) must be smaller "
+                          f"than chunk_tokens ({r.chunk_tokens})")
+    if t.lora_r > 256 and t.lora_alpha < 1:
+        raise ConfigError(f"{where}: [training] lora_alpha must be positive")
+    if t.max_steps == 0:
+        raise ConfigError(f"{where}: [training] max_steps must be -1 (use epochs) or >= 1")
+
+
+def parse_config(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
+    """Parse TOML text into a validated :class:`Config`."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}. Fix the line named above.") from exc
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "source"}
+    hints = typing.get_type_hints(Config)
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown section [{name}]; allowed sections: "
+                              f"{', '.join(sorted(sections))}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {name} must be a [section] table")
+        kwargs[name] = _build_section(hints[name], value, f"{source}: [{name}]")
+    cfg = Config(**kwargs, source=source)
+    if base_dir is not None and not Path(cfg.storage.dir).expanduser().is_absolute():
+        cfg = cfg.replace(storage=StorageConfig(dir=str(base_dir / cfg.storage.dir)))
+    _cross_checks(cfg, source)
+    return cfg
+
+
+def resolve_config_path(path: str | None) -> Path:
+    """``--config PATH``, else ``$NIGHTOWL_CONFIG``, else ``./config.toml``."""
+    return Path(path or os.environ.get("NIGHTOWL_CONFIG") or "config.toml")
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate the config file; relative storage dirs resolve against its folder."""
+    p = resolve_config_path(str(path) if path is not None else None)
+    if not p.exists():
+        raise ConfigError(f"config file {p} not found. Pass --config PATH, set NIGHTOWL_CONFIG, "
+                          "or copy config.toml from the NightOwl repository.")
+    return parse_config(p.read_text(encoding="utf-8"), source=str(p), base_dir=p.parent.resolve())

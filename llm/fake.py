@@ -1,0 +1,86 @@
+"""FakeChatModel: a deterministic ChatModel for fast tests, registered like a real backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bot.errors import AdapterError
+from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
+
+Responder = Callable[[Sequence[ChatMessage]], str]
+
+
+def echo_responder(messages: Sequence[ChatMessage]) -> str:
+    """Default fake answer: repeats the last user message, and the first source line if any."""
+    last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+    cite = ""
+    if "[1]" in system:
+        cite = " Based on [1]."
+    return f"You said: {last}.{cite}"
+
+
+class FakeChatModel:
+    """Streams a scripted answer word by word. ``responder`` decides the text."""
+
+    def __init__(self, responder: Responder | None = None, *, delay_s: float = 0.0,
+                 context_length: int = 2048, name: str = "fake") -> None:
+        self.name = name
+        self.context_length = context_length
+        self.responder = responder or echo_responder
+        self.delay_s = delay_s
+        self._active: str | None = None
+        self.adapters: dict[str, Path] = {}
+        self.calls: list[dict[str, Any]] = []
+        self.fail_next: Exception | None = None
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return sum(len(m["content"].split()) + 4 for m in messages) + 2
+
+    async def stream(self, messages: Sequence[ChatMessage], params: GenParams | None = None, *,
+                     adapter: str = ACTIVE, info: StreamInfo | None = None) -> AsyncIterator[str]:
+        params = params or GenParams()
+        used = self._active if adapter == ACTIVE else (None if adapter == BASE else adapter)
+        self.calls.append({"messages": list(messages), "params": params, "adapter": used})
+        if info is not None:
+            info.adapter = used
+            info.prompt_tokens = self.count_tokens(messages)
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        words = self.responder(messages).split(" ")
+        for i, word in enumerate(words[: params.max_new_tokens]):
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            else:
+                await asyncio.sleep(0)
+            if info is not None:
+                info.completion_tokens += 1
+            yield word if i == 0 else " " + word
+        if info is not None:
+            info.finish_reason = "stop"
+
+    async def set_adapter(self, path: Path | None, version: str | None) -> None:
+        if path is not None and not Path(path).is_dir():
+            raise AdapterError(f"adapter directory {path} does not exist; kept {self._active}")
+        if path is not None and version:
+            self.adapters[version] = Path(path)
+        self._active = version if path is not None else None
+
+    async def load_adapter(self, path: Path, version: str) -> None:
+        if not Path(path).is_dir():
+            raise AdapterError(f"adapter directory {path} does not exist")
+        self.adapters[version] = Path(path)
+
+    def stats(self) -> dict[str, Any]:
+        return {"backend": "fake", "requests": len(self.calls), "queue": 0}
+
+    async def aclose(self) -> None:
+        return None

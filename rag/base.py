@@ -1,0 +1,103 @@
+"""Contracts of the knowledge base: embedder, retriever, ingestion results."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One retrieved chunk with where it came from."""
+
+    text: str
+    source: str  # file name or upload name, e.g. "guide.md"
+    section: str  # heading path inside the source, e.g. "Retraining"; "" if none
+    score: float  # relevance in [0, 1] (higher is better)
+    chunk_id: str
+
+    def label(self) -> str:
+        """Short citation label: ``guide.md › Retraining``."""
+        return f"{self.source} › {self.section}" if self.section else self.source
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "source": self.source, "section": self.section,
+                "score": round(self.score, 4), "chunk_id": self.chunk_id}
+
+
+IngestStatus = Literal["added", "unchanged", "replaced", "skipped"]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    source: str
+    status: IngestStatus
+    chunks: int = 0
+    reason: str = ""  # why skipped: empty, too large, unsupported, unreadable, no text layer
+
+    def line(self) -> str:
+        detail = f" ({self.reason})" if self.reason else f" ({self.chunks} chunks)"
+        return f"{self.status}: {self.source}{detail}"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Normalized embeddings, one per text (blocking; call from a thread)."""
+        ...
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    async def search(self, query: str, k: int | None = None) -> list[Passage]:
+        """Relevant passages, best first; empty when nothing passes the relevance threshold."""
+        ...
+
+
+@runtime_checkable
+class KnowledgeBase(Retriever, Protocol):
+    async def ingest(self, paths: Sequence[Path], *, by: str = "cli",
+                     progress: Callable[[IngestResult], None] | None = None
+                     ) -> list[IngestResult]:
+        """Ingest files and folders (recursive); one result per file, never raises per file."""
+        ...
+
+    async def ingest_bytes(self, name: str, data: bytes, *, by: str) -> IngestResult:
+        """Ingest one uploaded file (chat upload) from memory."""
+        ...
+
+    async def sources(self) -> list[dict[str, Any]]:
+        """Source records: source, content_hash, size, chunks, ingested_at, ingested_by."""
+        ...
+
+    async def remove(self, source: str) -> bool:
+        ...
+
+    async def reindex(self, progress: Callable[[int, int], None] | None = None) -> int:
+        ...
+
+    async def count(self) -> int:
+        """Number of chunks stored."""
+        ...
+
+    async def aclose(self) -> None:
+        ...
+
+
+def format_context(passages: Sequence[Passage]) -> str:
+    """Numbered sources for the system prompt: ``[1] guide.md › Retraining\\n<text>``."""
+    return "\n\n".join(f"[{i}] {p.label()}\n{p.text.strip()}" for i, p in enumerate(passages, 1))
+
+
+def citations(passages: Sequence[Passage]) -> str:
+    """Short citation footer for an answer, one line per distinct source label."""
+    seen: list[str] = []
+    for p in passages:
+        if p.label() not in seen:
+            seen.append(p.label())
+    return "\n".join(f"[{i}] {label}" for i, label in enumerate(seen, 1))
