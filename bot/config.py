@@ -186,7 +186,7 @@ class Config:
     source: str = field(default="<defaults>", compare=False)
 
     def replace(self, **sections: Any) -> Config:
-        """Return a copy with whole sections or dotted keys replaced (``model__max_new_tokens=8``)."""
+        """A copy with whole sections or keys replaced (``model__max_new_tokens=8``)."""
         cfg = self
         for key, value in sections.items():
             if "__" in key:
@@ -230,8 +230,9 @@ def _check_value(where: str, tp: Any, value: Any, meta: dict[str, Any]) -> Any:
             raise ConfigError(f"{where} must be a string, got {value!r}")
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices") or ()
     if choices and value not in choices:
-        raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    if lo is not None and value < lo or hi is not None and value > hi:
+        allowed = ", ".join(map(repr, choices))
+        raise ConfigError(f"{where} must be one of {allowed}, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"{where} must be between {lo} and {hi}, got {value!r}")
     return value
 

@@ -133,7 +133,7 @@ class Core:
             answer = ""
             async for delta in self.model.stream(fitted.messages, self.params(), info=info):
                 answer += delta
-                await renderer.update(answer)
+                await renderer.update(answer.lstrip())
             answer = answer.strip() or "(no answer)"
         except asyncio.CancelledError:
             await self.store.set_message_status(qid, "failed")
@@ -161,7 +161,7 @@ class Core:
         if notices:
             full += "\n\n" + "\n".join(notices)
         reply = Reply(full, answer_id=aid, sources=sources, notices=notices, model=self.model.name,
-                      adapter=info.adapter, latency_s=latency)
+                      adapter=info.adapter, latency_s=latency, answer=answer)
         await renderer.finish(reply)
         log.info("answered", extra={"event": "answer", "answer_id": aid, "latency_s":
                                     round(latency, 3), "adapter": info.adapter})

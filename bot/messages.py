@@ -43,6 +43,7 @@ class Reply:
     adapter: str | None = None
     latency_s: float = 0.0
     feedback: bool = True  # whether to show 👍/👎
+    answer: str = ""  # the model's answer alone (what was streamed), without footer/notices
 
 
 @dataclass

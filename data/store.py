@@ -91,8 +91,9 @@ class Store:
             await self._migrate()
         except sqlite3.DatabaseError as exc:
             await self.close()
-            raise StoreError(f"cannot open the database {self.path}: {exc}. If the file is "
-                             "corrupt, restore a backup (nightowl restore) or move it away.") from exc
+            raise StoreError(
+                f"cannot open the database {self.path}: {exc}. If the file is corrupt, restore "
+                "a backup (nightowl restore) or move it away.") from exc
 
     async def close(self) -> None:
         if self._db is not None:
@@ -170,11 +171,13 @@ class Store:
 
     async def set_opted_out(self, user_id: int, opted_out: bool) -> None:
         async with self.transaction() as db:
-            await db.execute("UPDATE users SET opted_out = ? WHERE id = ?", (int(opted_out), user_id))
+            await db.execute("UPDATE users SET opted_out = ? WHERE id = ?",
+                             (int(opted_out), user_id))
 
     async def set_blocked(self, user_id: int, blocked: bool = True) -> None:
         async with self.transaction() as db:
-            await db.execute("UPDATE users SET blocked_bot = ? WHERE id = ?", (int(blocked), user_id))
+            await db.execute("UPDATE users SET blocked_bot = ? WHERE id = ?",
+                             (int(blocked), user_id))
 
     async def forget_user(self, user_id: int) -> dict[str, int]:
         """Delete the user and everything that cascades from them; return counts deleted."""
@@ -199,19 +202,22 @@ class Store:
         async with self.transaction() as db:
             rows = list(await db.execute_fetchall(
                 "SELECT id FROM conversations WHERE user_id = ? AND platform = ? AND chat_id = ? "
-                "AND ended_at IS NULL ORDER BY id DESC LIMIT 1", (user_id, platform, str(chat_id))))
+                "AND ended_at IS NULL ORDER BY id DESC LIMIT 1",
+                (user_id, platform, str(chat_id))))
             if rows:
                 return int(rows[0][0])
             cur = await db.execute(
                 "INSERT INTO conversations (user_id, platform, chat_id, started_at) "
-                "VALUES (?, ?, ?, ?)", (user_id, platform, str(chat_id), time.time()))
+                "VALUES (?, ?, ?, ?)",
+                (user_id, platform, str(chat_id), time.time()))
             return int(cur.lastrowid or 0)
 
     async def end_conversation(self, user_id: int, platform: str, chat_id: str) -> None:
         async with self.transaction() as db:
             await db.execute(
                 "UPDATE conversations SET ended_at = ? WHERE user_id = ? AND platform = ? "
-                "AND chat_id = ? AND ended_at IS NULL", (time.time(), user_id, platform, str(chat_id)))
+                "AND chat_id = ? AND ended_at IS NULL",
+                (time.time(), user_id, platform, str(chat_id)))
 
     async def add_message(self, conversation_id: int, role: str, text: str, *,
                           status: str = "done", reply_to: int | None = None,
@@ -316,7 +322,8 @@ class Store:
     async def add_correction(self, message_id: int, user_id: int, text: str) -> int:
         async with self.transaction() as db:
             cur = await db.execute(
-                "INSERT INTO corrections (message_id, user_id, text, created_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO corrections (message_id, user_id, text, created_at) "
+                "VALUES (?, ?, ?, ?)",
                 (message_id, user_id, text, time.time()))
             return int(cur.lastrowid or 0)
 

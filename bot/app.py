@@ -1,0 +1,141 @@
+"""The one place that wires NightOwl: store, model, knowledge, learning, core, platforms.
+
+Everything is opened with nested ``async with`` and passed down through constructors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.config import Config
+from bot.core import Core
+from bot.errors import ConfigError
+from data.store import Store
+
+log = logging.getLogger("nightowl.app")
+
+Say = Callable[[str], None]
+
+
+def prepare_environment(cfg: Config) -> None:
+    """Keep every library's caches inside the storage dir and never reach for a model hub."""
+    root = cfg.storage.path
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HOME", str(root / "hf"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MPLCONFIGDIR", str(root / "mpl"))
+
+
+def db_path(cfg: Config) -> Path:
+    return cfg.storage.path / "nightowl.db"
+
+
+@dataclass
+class Services:
+    cfg: Config
+    store: Store
+    core: Core
+    model: Any
+    knowledge: Any
+    learning: Any
+
+
+@asynccontextmanager
+async def open_store(cfg: Config) -> AsyncIterator[Store]:
+    prepare_environment(cfg)
+    async with Store(db_path(cfg)) as store:
+        yield store
+
+
+@asynccontextmanager
+async def open_services(cfg: Config, *, say: Say = print, knowledge: bool = True,
+                        learning: bool = True) -> AsyncIterator[Services]:
+    """Open the store, the model, the knowledge base and the learning service."""
+    from llm.factory import open_model
+
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(cfg))
+        stale = await store.fail_stale_runs()
+        if stale:
+            log.warning("marked %d interrupted training run(s) as failed", stale)
+        model = await open_model(cfg, say=say)
+        stack.push_async_callback(model.aclose)
+        kb = None
+        if knowledge and cfg.rag.enabled:
+            from rag.knowledge import ensure_sample, open_knowledge
+
+            kb = await open_knowledge(cfg, store)
+            stack.push_async_callback(kb.aclose)
+            if cfg.rag.sample_on_first_run:
+                results = await ensure_sample(kb)
+                if results:
+                    say(f"Ingested the sample knowledge base ({len(results)} files).")
+        service = None
+        if learning:
+            from training.service import LearningService
+
+            service = LearningService(cfg, store, model)
+            await service.activate_on_start()
+        core = Core(cfg, store, model, kb, service)
+        try:
+            yield Services(cfg, store, core, model, kb, service)
+        finally:
+            await core.wait_background()
+
+
+async def run_platforms(cfg: Config, say: Say = print,
+                        stop: asyncio.Event | None = None) -> int:
+    """``nightowl run``: every platform whose token is set, plus the nightly scheduler."""
+    tg_token = cfg.secret(cfg.telegram.token_env)
+    dc_token = cfg.secret(cfg.discord.token_env)
+    if not tg_token and not dc_token:
+        raise ConfigError(f"no platform token is set: export {cfg.telegram.token_env} (Telegram) "
+                          f"and/or {cfg.discord.token_env} (Discord), or use `nightowl chat`.")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.error("second signal: exiting now")
+            os._exit(130)
+        say("Stopping (send the signal again to force)...")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+    async with open_services(cfg, say=say) as svc, AsyncExitStack() as stack:
+        if tg_token:
+            from bot.telegram import TelegramBot
+
+            await stack.enter_async_context(TelegramBot(cfg, svc.core, tg_token))
+            say("Telegram: connected.")
+        if dc_token:
+            from bot.discord_bot import DiscordBot
+
+            await stack.enter_async_context(DiscordBot(cfg, svc.core, dc_token))
+            say("Discord: connected.")
+        if cfg.training.enabled and svc.learning is not None:
+            from training.scheduler import NightlyScheduler
+
+            await stack.enter_async_context(NightlyScheduler(cfg, svc.learning))
+            say(f"Nightly training scheduled: '{cfg.training.schedule}'.")
+        say("NightOwl is running. Press Ctrl+C to stop.")
+        await stop.wait()
+    return 0

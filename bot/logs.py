@@ -1,0 +1,99 @@
+"""Logging: one line per event (plain or JSON), secrets redacted, a file under the storage dir."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import sys
+import time
+
+from bot.config import Config
+
+_STD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message", "asctime"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS}
+
+
+class RedactSecrets(logging.Filter):
+    """Replace the values of configured secrets (tokens, API keys) with ``***``."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s and len(s) >= 6]
+
+    def _clean(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg = self._clean(record.getMessage())
+            record.args = None
+            if record.exc_info and record.exc_info[1] is not None:
+                record.exc_text = self._clean(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
+        return True
+
+
+class PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extras = _extras(record)
+        if extras:
+            base += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        return base
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
+            "msg": record.getMessage()}
+        doc.update(_extras(record))
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            doc["exc"] = record.exc_text
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def secret_values(cfg: Config) -> list[str]:
+    names = [cfg.telegram.token_env, cfg.discord.token_env, cfg.model.api_key_env]
+    return [v for v in (cfg.secret(n) for n in names if n) if v]
+
+
+def setup_logging(cfg: Config, quiet: bool = False) -> None:
+    """Configure the root logger once: stderr (WARNING when ``quiet``) and a rotating file."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    level = getattr(logging, cfg.logging.level)
+    root.setLevel(level)
+    fmt: logging.Formatter = (JsonFormatter() if cfg.logging.json else
+                              PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    fmt.converter = time.localtime
+    redact = RedactSecrets(secret_values(cfg))
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else level)
+    console.setFormatter(fmt)
+    console.addFilter(redact)
+    root.addHandler(console)
+    try:
+        logdir = cfg.storage.path / "logs"
+        logdir.mkdir(parents=True, exist_ok=True)
+        fh = logging.handlers.RotatingFileHandler(logdir / "nightowl.log", maxBytes=10_000_000,
+                                                  backupCount=3, encoding="utf-8")
+        fh.setLevel(level)
+        fh.setFormatter(fmt)
+        fh.addFilter(redact)
+        root.addHandler(fh)
+    except OSError as exc:
+        root.warning("cannot write logs under %s: %s", cfg.storage.path, exc)
+    for noisy in ("httpx", "httpcore", "chromadb", "urllib3", "discord.gateway", "apscheduler",
+                  "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -1,0 +1,169 @@
+"""The conversation core with fakes: storing, history, retrieval, commands, admin checks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from bot.config import Config
+from bot.core import EMPTY_REPLY, Core
+from bot.messages import CollectingRenderer, Incoming
+from data.store import Store
+from llm.base import ChatMessage
+from llm.fake import FakeChatModel
+from rag.base import Passage
+from rag.fake import FakeRetriever
+from tests.fakes.learning import FakeLearning
+
+GUIDE = Passage("To retrain the bot run nightowl train or send /retrain as an admin.",
+                "guide.md", "Retraining", 0.9, "guide.md#0")
+
+
+def msg(text: str, user: str = "u1", admin: bool = False, reply_to: str | None = None,
+        chat: str = "c1") -> Incoming:
+    return Incoming("terminal", chat, user, "Tester", text, is_admin=admin,
+                    reply_to_message_id=reply_to)
+
+
+@pytest.fixture
+def model() -> FakeChatModel:
+    return FakeChatModel()
+
+
+@pytest.fixture
+def core(cfg: Config, store: Store, model: FakeChatModel) -> Core:
+    return Core(cfg, store, model, FakeRetriever([GUIDE]), FakeLearning())
+
+
+async def test_answer_is_grounded_streamed_and_stored(core: Core, store: Store,
+                                                      model: FakeChatModel) -> None:
+    r = CollectingRenderer()
+    reply = await core.handle(msg("How do I retrain the bot?"), r)
+    assert r.started and len(r.updates) > 2 and r.updates[-1] == reply.answer
+    assert "Sources:\n[1] guide.md › Retraining" in reply.text
+    system = model.calls[0]["messages"][0]["content"]
+    assert "nightowl train" in system and "[1] guide.md › Retraining" in system
+    conv = (await store.training_conversations())[0]
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
+    assert conv["messages"][1]["sources"][0]["source"] == "guide.md"
+    stored = await store.get_message(reply.answer_id or 0)
+    assert stored is not None and stored.model == "fake" and stored.latency_s is not None
+
+
+async def test_history_is_used_and_trimmed_with_notice(cfg: Config, store: Store) -> None:
+    model = FakeChatModel(context_length=cfg.model.max_new_tokens + 60)
+    core = Core(cfg, store, model, None)
+    for i in range(6):
+        await core.handle(msg(f"message number {i} " + "word " * 5), CollectingRenderer())
+    reply = await core.handle(msg("last"), CollectingRenderer())
+    assert any("used only the last" in n for n in reply.notices)
+    sent = model.calls[-1]["messages"]
+    assert sent[-1]["content"] == "last" and sent[1]["role"] == "user"
+    assert len(sent) < 2 + 12
+
+
+async def test_empty_message_is_not_stored(core: Core, store: Store) -> None:
+    r = CollectingRenderer()
+    reply = await core.handle(msg("   \n "), r)
+    assert reply.text == EMPTY_REPLY and r.reply is reply
+    assert (await store.stats())["messages"] == 0
+
+
+async def test_huge_message_truncated_with_notice(core: Core, cfg: Config,
+                                                  model: FakeChatModel) -> None:
+    reply = await core.handle(msg("x" * 100_000), CollectingRenderer())
+    assert any("100,000 characters" in n for n in reply.notices)
+    assert len(model.calls[0]["messages"][-1]["content"]) <= cfg.chat.max_message_chars
+
+
+async def test_model_failure_marks_turn_failed_and_keeps_running(core: Core, store: Store,
+                                                                 model: FakeChatModel) -> None:
+    model.fail_next = RuntimeError("boom")
+    reply = await core.handle(msg("hello"), CollectingRenderer())
+    assert "something went wrong" in reply.text and reply.answer_id is None
+    rows = list(await store.db.execute_fetchall("SELECT status FROM messages"))
+    assert rows == [("failed",)]
+    ok = await core.handle(msg("again"), CollectingRenderer())
+    assert ok.answer_id is not None
+
+
+async def test_user_turn_committed_before_generation(cfg: Config, store: Store) -> None:
+    seen: list[int] = []
+
+    async def check() -> None:
+        rows = list(await store.db.execute_fetchall(
+            "SELECT COUNT(*) FROM messages WHERE status='pending'"))
+        seen.append(rows[0][0])
+
+    def responder(messages: Sequence[ChatMessage]) -> str:
+        return "a b c"
+
+    model = FakeChatModel(responder, delay_s=0.01)
+    core = Core(cfg, store, model, None)
+    task = asyncio.create_task(core.handle(msg("q"), CollectingRenderer()))
+    await asyncio.sleep(0.015)
+    await check()
+    await task
+    assert seen == [1]
+
+
+async def test_commands_feedback_correct_sources_new(core: Core, store: Store) -> None:
+    reply = await core.handle(msg("How do I retrain the bot?"), CollectingRenderer())
+    assert (await core.command(msg("/good"), "good")).ok
+    assert await store.get_feedback(reply.answer_id or 0) == 1
+    await core.command(msg("/bad"), "bad")
+    assert await store.get_feedback(reply.answer_id or 0) == -1
+    usage = await core.command(msg("/correct"), "correct", "")
+    assert not usage.ok and "Usage" in usage.text
+    await core.command(msg("/correct"), "correct", "Run nightowl train.")
+    convs = await store.training_conversations()
+    assert convs[0]["messages"][1]["correction"] == "Run nightowl train."
+    src = await core.command(msg("/sources"), "sources")
+    assert "guide.md › Retraining" in src.text and "nightowl train" in src.text
+    await core.command(msg("/new"), "new")
+    assert "no answer yet" in (await core.command(msg("/sources"), "sources")).text
+    other = await core.feedback(msg("x"), 99999, 1)
+    assert not other.ok
+
+
+async def test_optout_and_forget(core: Core, store: Store) -> None:
+    await core.handle(msg("hi"), CollectingRenderer())
+    await core.command(msg("/optout"), "optout")
+    assert await store.training_conversations() == []
+    await core.command(msg("/optin"), "optin")
+    assert len(await store.training_conversations()) == 1
+    ask = await core.command(msg("/forget"), "forget")
+    assert ask.confirm == "forget"
+    assert (await store.stats())["messages"] == 2  # nothing deleted before confirmation
+    done = await core.forget(msg("/forget"))
+    assert "Deleted 2 messages" in done.text
+    assert (await store.stats())["messages"] == 0 and await store.get_user("terminal", "u1") is None
+
+
+async def test_admin_commands_checked_and_audited(core: Core, store: Store) -> None:
+    refused = await core.command(msg("/retrain", user="eve"), "retrain")
+    assert not refused.ok and "admins only" in refused.text
+    assert core.learning is not None and core.learning.running is False
+    notes: list[str] = []
+
+    async def notify(text: str, files: object) -> None:
+        notes.append(text)
+
+    core.add_admin_notifier(notify)
+    started = await core.command(msg("/retrain", user="root", admin=True), "retrain")
+    assert started.ok
+    await core.wait_background()
+    assert notes and "promoted v0001" in notes[0]
+    assert "v0001 (active)" in (await core.command(msg("/a", user="root", admin=True), "adapters")).text
+    status = await core.command(msg("/status", admin=True), "status")
+    assert "Model: fake" in status.text
+    log = await store.audit_log()
+    assert {(e["actor"], e["action"], e["allowed"]) for e in log} >= {
+        ("eve", "retrain", 0), ("root", "retrain", 1), ("root", "adapters", 1)}
+
+
+async def test_unknown_command(core: Core) -> None:
+    res = await core.command(msg("/frobnicate"), "frobnicate")
+    assert not res.ok and "/help" in res.text

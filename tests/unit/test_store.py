@@ -1,0 +1,137 @@
+"""The SQLite store on a real file: migrations, WAL, transactions, cascades."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from data.migrations import MIGRATIONS
+from data.store import Store, StoreError
+
+
+async def test_migrations_recorded_and_wal(store: Store, tmp_path: Path) -> None:
+    assert await store.applied_migrations() == sorted(name for name, _ in MIGRATIONS)
+    rows = list(await store.db.execute_fetchall("PRAGMA journal_mode"))
+    assert rows[0][0] == "wal"
+    rows = list(await store.db.execute_fetchall("PRAGMA foreign_keys"))
+    assert rows[0][0] == 1
+    assert await store.integrity_check() == "ok"
+
+
+async def test_reopen_does_not_reapply_migrations(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    async with Store(path) as s:
+        user = await s.ensure_user("terminal", "u1", "Ann")
+    async with Store(path) as s:
+        assert (await s.get_user("terminal", "u1")) == user
+        assert len(await s.applied_migrations()) == len(MIGRATIONS)
+
+
+def test_migration_names_are_unique_and_ordered() -> None:
+    names = [n for n, _ in MIGRATIONS]
+    assert names == sorted(names) and len(set(names)) == len(names)
+
+
+async def test_conversation_flow_and_history(store: Store) -> None:
+    user = await store.ensure_user("telegram", "42", "Bo")
+    conv = await store.active_conversation(user.id, "telegram", "c1")
+    assert await store.active_conversation(user.id, "telegram", "c1") == conv
+    q = await store.add_message(conv, "user", "hi", status="pending", platform_message_id="7")
+    assert [m for m, *_ in await store.pending_messages()][0].id == q
+    assert await store.history(conv, 10) == []  # pending turns are not history yet
+    a = await store.answer(q, conv, "hello", model="m", adapter="v0001", latency_s=0.5,
+                           sources=[{"source": "g.md", "section": "", "text": "t", "score": 1}])
+    hist = await store.history(conv, 10)
+    assert [(m.role, m.text) for m in hist] == [("user", "hi"), ("assistant", "hello")]
+    msg = await store.get_message(a)
+    assert msg is not None and msg.adapter == "v0001" and msg.sources[0]["source"] == "g.md"
+    assert msg.reply_to == q
+    assert await store.pending_messages() == []
+    found = await store.find_by_platform_id("telegram", "c1", "7")
+    assert found is not None and found.id == q
+    await store.end_conversation(user.id, "telegram", "c1")
+    assert await store.active_conversation(user.id, "telegram", "c1") != conv
+
+
+async def test_feedback_upserts_and_corrections(store: Store) -> None:
+    user = await store.ensure_user("discord", "9")
+    conv = await store.active_conversation(user.id, "discord", "c")
+    q = await store.add_message(conv, "user", "q", status="pending")
+    a = await store.answer(q, conv, "a", model="m", adapter=None, latency_s=0.1)
+    await store.set_feedback(a, user.id, 1)
+    await store.set_feedback(a, user.id, -1)
+    assert await store.get_feedback(a) == -1
+    with pytest.raises(ValueError):
+        await store.set_feedback(a, user.id, 5)
+    await store.add_correction(a, user.id, "better")
+    convs = await store.training_conversations()
+    assert convs[0]["messages"][1]["correction"] == "better"
+    assert convs[0]["messages"][1]["feedback"] == -1
+
+
+async def test_opt_out_excludes_from_training(store: Store) -> None:
+    user = await store.ensure_user("terminal", "x")
+    conv = await store.active_conversation(user.id, "terminal", "c")
+    await store.add_message(conv, "user", "q")
+    await store.set_opted_out(user.id, True)
+    assert await store.training_conversations() == []
+
+
+async def test_forget_deletes_everything_of_the_user(store: Store) -> None:
+    keep = await store.ensure_user("terminal", "keep")
+    gone = await store.ensure_user("terminal", "gone")
+    for u in (keep, gone):
+        conv = await store.active_conversation(u.id, "terminal", "c")
+        q = await store.add_message(conv, "user", "q", status="pending")
+        a = await store.answer(q, conv, "a", model="m", adapter=None, latency_s=0.1)
+        await store.set_feedback(a, u.id, 1)
+        await store.add_correction(a, u.id, "c")
+    counts = await store.forget_user(gone.id)
+    assert counts == {"messages": 2, "conversations": 1, "feedback": 1, "corrections": 1,
+                      "users": 1}
+    assert await store.get_user("terminal", "gone") is None
+    stats = await store.stats()
+    assert stats["messages"] == 2 and stats["feedback"] == 1 and stats["corrections"] == 1
+
+
+async def test_failed_transaction_rolls_back(store: Store) -> None:
+    user = await store.ensure_user("terminal", "r")
+    conv = await store.active_conversation(user.id, "terminal", "c")
+    with pytest.raises(sqlite3.IntegrityError):
+        async with store.transaction() as db:
+            await db.execute("INSERT INTO messages (conversation_id, role, text, created_at) "
+                             "VALUES (?, 'user', 'x', 0)", (conv,))
+            await db.execute("INSERT INTO messages (conversation_id, role, text, created_at) "
+                             "VALUES (?, 'robot', 'x', 0)", (conv,))
+    assert (await store.stats())["messages"] == 0
+
+
+async def test_runs_audit_kv_and_stale_runs(store: Store) -> None:
+    run = await store.start_run("schedule")
+    assert await store.fail_stale_runs() == 1
+    assert (await store.runs())[0]["status"] == "failed"
+    run = await store.start_run()
+    await store.finish_run(run, "promoted", version="v0001", summary="ok", report={"a": 1})
+    assert (await store.runs(1))[0]["report"] == {"a": 1}
+    await store.audit("telegram", "5", "retrain", "", False, "refused")
+    assert (await store.audit_log())[0]["allowed"] == 0
+    await store.kv_set("k", "1")
+    await store.kv_set("k", "2")
+    assert await store.kv_get("k") == "2"
+
+
+async def test_backup_is_a_consistent_copy(store: Store, tmp_path: Path) -> None:
+    await store.ensure_user("terminal", "b")
+    await store.backup(tmp_path / "bk" / "copy.db")
+    async with Store(tmp_path / "bk" / "copy.db") as copy:
+        assert await copy.get_user("terminal", "b") is not None
+
+
+async def test_corrupt_database_gives_actionable_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="restore a backup"):
+        async with Store(bad):
+            pass
