@@ -91,6 +91,7 @@ class ChatConfig:
     history_messages: int = _f(20, 0, 1000)
     max_message_chars: int = _f(8000, 1, 1_000_000)
     stream_interval_s: float = _f(0.5, 0.0, 60.0)
+    recover_max_age_s: float = _f(600.0, 0.0, 10_000_000.0)
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,20 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ModerationConfig:
+    blocked_words: list[str] = _lst()
+    classifier_model: str = ""
+    classifier_labels: list[str] = field(default_factory=lambda: ["toxic"])
+    classifier_threshold: float = _f(0.8, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = _f(0, 0, 65535)
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = _f("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     json: bool = False
@@ -182,6 +197,8 @@ class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    moderation: ModerationConfig = field(default_factory=ModerationConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = field(default="<defaults>", compare=False)
 

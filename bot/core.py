@@ -15,7 +15,10 @@ from typing import Any, Protocol
 
 from bot.config import Config
 from bot.errors import BusyError, NightOwlError
+from bot.limits import RateLimiter
 from bot.messages import CommandResult, Incoming, Notifier, Renderer, Reply
+from bot.metrics import Metrics
+from bot.moderation import Guard, build_guard
 from data.store import Store
 from llm.base import ChatModel, GenParams, StreamInfo
 from llm.prompt import build_messages, fit_messages
@@ -36,6 +39,8 @@ ADMIN_COMMANDS = frozenset({"status", "retrain", "rollback", "adapters", "ingest
 USER_COMMANDS = frozenset({"start", "help", "new", "sources", "good", "bad", "correct", "optout",
                            "optin", "forget"})
 EMPTY_REPLY = "Please send some text — I read text messages and documents."
+RESTART_APOLOGY = ("Sorry, I restarted before I could answer your message. Please send it again "
+                   "if you still need an answer.")
 
 
 class Learning(Protocol):
@@ -60,12 +65,16 @@ class Core:
 
     def __init__(self, cfg: Config, store: Store, model: ChatModel,
                  knowledge: KnowledgeBase | Retriever | None = None,
-                 learning: Learning | None = None) -> None:
+                 learning: Learning | None = None, *, guard: Guard | None = None,
+                 limiter: RateLimiter | None = None, metrics: Metrics | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.model = model
         self.knowledge = knowledge
         self.learning = learning
+        self.guard = guard if guard is not None else build_guard(cfg.moderation)
+        self.limiter = limiter if limiter is not None else RateLimiter(cfg.limits)
+        self.metrics = metrics if metrics is not None else Metrics()
         self._notifiers: list[Notifier] = []
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -92,9 +101,30 @@ class Core:
         """Answer one user message: store it, retrieve, prompt, stream, store the answer."""
         text = inc.text.strip()
         if not text:
-            reply = Reply(EMPTY_REPLY, feedback=False)
-            await renderer.finish(reply)
-            return reply
+            return await self._refuse(inc, renderer, EMPTY_REPLY, "empty")
+        user_key = f"{inc.platform}:{inc.user_id}"
+        limited = self.limiter.check(user_key, f"{inc.platform}:{inc.chat_id}")
+        if limited:
+            return await self._refuse(inc, renderer, limited, "rate_limited")
+        blocked = self.guard.check(text)
+        if blocked:
+            log.info("message refused by moderation", extra={"event": "moderation",
+                                                              "reason": blocked})
+            return await self._refuse(inc, renderer, "I can't help with that message.",
+                                      "moderated")
+        self.limiter.begin(user_key)
+        try:
+            return await self._handle(inc, renderer, text)
+        finally:
+            self.limiter.end(user_key)
+
+    async def _refuse(self, inc: Incoming, renderer: Renderer, text: str, outcome: str) -> Reply:
+        self.metrics.requests.labels(inc.platform, outcome).inc()
+        reply = Reply(text, feedback=False)
+        await renderer.finish(reply)
+        return reply
+
+    async def _handle(self, inc: Incoming, renderer: Renderer, text: str) -> Reply:
         notices: list[str] = []
         limit = self.cfg.chat.max_message_chars
         if len(text) > limit:
@@ -108,10 +138,10 @@ class Core:
             conv = await self.store.active_conversation(user.id, inc.platform, inc.chat_id)
             qid = await self.store.add_message(conv, "user", text, status="pending",
                                                platform_message_id=inc.message_id)
-            return await self._answer(qid, conv, text, renderer, notices)
+            return await self._answer(qid, conv, text, renderer, notices, inc.platform)
 
     async def _answer(self, qid: int, conv: int, text: str, renderer: Renderer,
-                      notices: list[str]) -> Reply:
+                      notices: list[str], platform: str) -> Reply:
         started = time.monotonic()
         try:
             await renderer.start()
@@ -140,17 +170,22 @@ class Core:
             raise
         except BusyError as exc:
             await self.store.set_message_status(qid, "failed")
+            self.metrics.requests.labels(platform, "busy").inc()
             reply = Reply(f"⏳ {exc}", feedback=False)
             await renderer.finish(reply)
             return reply
         except Exception:
             log.exception("answering message %s failed", qid)
             await self.store.set_message_status(qid, "failed")
+            self.metrics.requests.labels(platform, "error").inc()
             reply = Reply("Sorry, something went wrong while answering. Please try again.",
                           feedback=False)
             await renderer.finish(reply)
             return reply
         latency = time.monotonic() - started
+        self.metrics.requests.labels(platform, "ok").inc()
+        self.metrics.latency.labels(platform).observe(latency)
+        self.metrics.tokens.inc(info.completion_tokens)
         sources = [p.to_dict() for p in passages]
         aid = await self.store.answer(qid, conv, answer, model=self.model.name,
                                       adapter=info.adapter, latency_s=latency, sources=sources,
@@ -163,9 +198,37 @@ class Core:
         reply = Reply(full, answer_id=aid, sources=sources, notices=notices, model=self.model.name,
                       adapter=info.adapter, latency_s=latency, answer=answer)
         await renderer.finish(reply)
-        log.info("answered", extra={"event": "answer", "answer_id": aid, "latency_s":
-                                    round(latency, 3), "adapter": info.adapter})
+        log.info("answered", extra={"event": "answer", "platform": platform, "answer_id": aid,
+                                    "latency_s": round(latency, 3), "adapter": info.adapter,
+                                    "tokens": info.completion_tokens})
         return reply
+
+    async def recover_pending(self, platform: str,
+                              renderer_for: Callable[[str, str], Renderer]) -> int:
+        """Answer (or apologise for) messages stored but never answered before a restart.
+
+        ``renderer_for(chat_id, user_id)`` gives a renderer that sends into that chat. Messages
+        younger than ``[chat] recover_max_age_s`` are answered; older ones get an apology.
+        Each pending message is handled once: it leaves the 'pending' state either way.
+        """
+        handled = 0
+        for msg, plat, chat_id, user_id in await self.store.pending_messages():
+            if plat != platform:
+                continue
+            handled += 1
+            renderer = renderer_for(chat_id, user_id)
+            age = time.time() - msg.created_at
+            if age > self.cfg.chat.recover_max_age_s:
+                await self.store.set_message_status(msg.id, "failed")
+                try:
+                    await renderer.finish(Reply(RESTART_APOLOGY, feedback=False))
+                except Exception:
+                    log.exception("could not send the restart apology to %s", chat_id)
+                continue
+            key = (plat, chat_id, user_id)
+            async with self._locks.setdefault(key, asyncio.Lock()):
+                await self._answer(msg.id, msg.conversation_id, msg.text, renderer, [], plat)
+        return handled
 
     async def _retrieve(self, text: str) -> list[Passage]:
         if self.knowledge is None or not self.cfg.rag.enabled:

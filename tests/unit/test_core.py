@@ -54,7 +54,7 @@ async def test_answer_is_grounded_streamed_and_stored(core: Core, store: Store,
 
 async def test_history_is_used_and_trimmed_with_notice(cfg: Config, store: Store) -> None:
     model = FakeChatModel(context_length=cfg.model.max_new_tokens + 60)
-    core = Core(cfg, store, model, None)
+    core = Core(cfg.replace(limits__user_messages_per_minute=0.0), store, model, None)
     for i in range(6):
         await core.handle(msg(f"message number {i} " + "word " * 5), CollectingRenderer())
     reply = await core.handle(msg("last"), CollectingRenderer())
@@ -156,7 +156,8 @@ async def test_admin_commands_checked_and_audited(core: Core, store: Store) -> N
     assert started.ok
     await core.wait_background()
     assert notes and "promoted v0001" in notes[0]
-    assert "v0001 (active)" in (await core.command(msg("/a", user="root", admin=True), "adapters")).text
+    listed = await core.command(msg("/a", user="root", admin=True), "adapters")
+    assert "v0001 (active)" in listed.text
     status = await core.command(msg("/status", admin=True), "status")
     assert "Model: fake" in status.text
     log = await store.audit_log()
@@ -167,3 +168,52 @@ async def test_admin_commands_checked_and_audited(core: Core, store: Store) -> N
 async def test_unknown_command(core: Core) -> None:
     res = await core.command(msg("/frobnicate"), "frobnicate")
     assert not res.ok and "/help" in res.text
+
+
+async def test_rate_limit_is_polite_and_not_stored(cfg: Config, store: Store) -> None:
+    core = Core(cfg.replace(limits__user_burst=2, limits__user_messages_per_minute=1.0), store,
+                FakeChatModel(), None)
+    replies = [await core.handle(msg(f"q{i}"), CollectingRenderer()) for i in range(3)]
+    assert replies[0].answer_id and replies[1].answer_id
+    assert replies[2].answer_id is None and "please wait" in replies[2].text
+    assert (await store.stats())["messages"] == 4
+    other = await core.handle(msg("hi", user="u2"), CollectingRenderer())
+    assert other.answer_id is not None  # limits are per user
+
+
+async def test_moderation_refuses_before_answering(cfg: Config, store: Store) -> None:
+    model = FakeChatModel()
+    core = Core(cfg.replace(moderation__blocked_words=["forbidden topic"]), store, model, None)
+    reply = await core.handle(msg("tell me about the FORBIDDEN\u200b topic"), CollectingRenderer())
+    assert "can't help" in reply.text and model.calls == []
+    assert (await store.stats())["messages"] == 0
+
+
+async def test_recover_pending_answers_young_and_apologises_for_old(cfg: Config,
+                                                                    store: Store) -> None:
+    model = FakeChatModel()
+    core = Core(cfg, store, model, None)
+    user = await store.ensure_user("telegram", "7", "Al")
+    conv = await store.active_conversation(user.id, "telegram", "c9")
+    young = await store.add_message(conv, "user", "still there?", status="pending")
+    old = await store.add_message(conv, "user", "ancient", status="pending")
+    await store.db.execute("UPDATE messages SET created_at = created_at - 99999 WHERE id = ?",
+                           (old,))
+    other_platform_user = await store.ensure_user("discord", "8")
+    oc = await store.active_conversation(other_platform_user.id, "discord", "d")
+    await store.add_message(oc, "user", "discord one", status="pending")
+    renderers: list[tuple[str, str, CollectingRenderer]] = []
+
+    def renderer_for(chat_id: str, user_id: str) -> CollectingRenderer:
+        r = CollectingRenderer()
+        renderers.append((chat_id, user_id, r))
+        return r
+
+    assert await core.recover_pending("telegram", renderer_for) == 2
+    texts = {r.reply.text if r.reply else "" for _, _, r in renderers}
+    assert any("still there?" in t for t in texts) and any("restarted" in t for t in texts)
+    assert all(c == "c9" and u == "7" for c, u, _ in renderers)
+    statuses = dict(await store.db.execute_fetchall("SELECT id, status FROM messages"))
+    assert statuses[young] == "done" and statuses[old] == "failed"
+    assert await core.recover_pending("telegram", renderer_for) == 0  # nothing answered twice
+    assert len(await store.pending_messages()) == 1  # discord's waits for discord

@@ -1,0 +1,82 @@
+"""Moderation hook: a guard applied before answering and before training data is accepted."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from typing import Protocol
+
+from bot.config import ModerationConfig
+
+
+class Guard(Protocol):
+    def check(self, text: str) -> str | None:
+        """None if the text may pass, else the reason it is refused."""
+        ...
+
+
+def normalize(text: str) -> str:
+    """NFKC, lower case, zero-width and control characters removed (defeats trivial evasion)."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch for ch in text
+                   if unicodedata.category(ch) not in ("Cf", "Cc") or ch in "\n\t")
+    return text.casefold()
+
+
+class KeywordGuard:
+    """Refuses text containing any configured word or phrase (whole words, case-insensitive)."""
+
+    def __init__(self, words: Sequence[str]) -> None:
+        self.words = [w for w in (normalize(w).strip() for w in words) if w]
+        self._re = (re.compile(r"\b(" + "|".join(re.escape(w) for w in self.words) + r")\b")
+                    if self.words else None)
+
+    def check(self, text: str) -> str | None:
+        if self._re is None:
+            return None
+        m = self._re.search(normalize(text))
+        return f"contains a blocked term ({m.group(1)!r})" if m else None
+
+
+class ClassifierGuard:
+    """A transformers text-classification model; refuses when a flagged label scores high."""
+
+    def __init__(self, model: str, labels: Sequence[str], threshold: float) -> None:
+        from transformers import pipeline
+
+        self.pipe = pipeline("text-classification", model=model, top_k=None)
+        self.labels = {label.lower() for label in labels}
+        self.threshold = threshold
+
+    def check(self, text: str) -> str | None:
+        scores = self.pipe(text[:2000], truncation=True)
+        flat = scores[0] if scores and isinstance(scores[0], list) else scores
+        for s in flat:
+            if s["label"].lower() in self.labels and s["score"] >= self.threshold:
+                return f"flagged as {s['label']} ({s['score']:.2f})"
+        return None
+
+
+class Guards:
+    """All configured guards; the first refusal wins."""
+
+    def __init__(self, guards: Sequence[Guard]) -> None:
+        self.guards = list(guards)
+
+    def check(self, text: str) -> str | None:
+        for g in self.guards:
+            reason = g.check(text)
+            if reason:
+                return reason
+        return None
+
+
+def build_guard(cfg: ModerationConfig) -> Guards:
+    guards: list[Guard] = []
+    if cfg.blocked_words:
+        guards.append(KeywordGuard(cfg.blocked_words))
+    if cfg.classifier_model:
+        guards.append(ClassifierGuard(cfg.classifier_model, cfg.classifier_labels,
+                                      cfg.classifier_threshold))
+    return Guards(guards)
