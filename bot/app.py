@@ -131,6 +131,12 @@ async def run_platforms(cfg: Config, say: Say = print,
 
             await stack.enter_async_context(DiscordBot(cfg, svc.core, dc_token))
             say("Discord: connected.")
+        if cfg.metrics.port:
+            svc.core.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+            stack.callback(svc.core.metrics.close)
+            say(f"Metrics: http://{cfg.metrics.host}:{cfg.metrics.port}/metrics")
+        housekeeping = asyncio.create_task(_housekeeping(svc))
+        stack.push_async_callback(_cancel, housekeeping)
         if cfg.training.enabled and svc.learning is not None:
             from training.scheduler import NightlyScheduler
 
@@ -139,3 +145,29 @@ async def run_platforms(cfg: Config, say: Say = print,
         say("NightOwl is running. Press Ctrl+C to stop.")
         await stop.wait()
     return 0
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _housekeeping(svc: Services, every_s: float = 300.0) -> None:
+    """Periodic chores: log retention and metrics gauges. Never raises."""
+    import time
+
+    while True:
+        try:
+            svc.core.metrics.observe_model(svc.model.stats(), svc.model.active_adapter)
+            days = svc.cfg.privacy.retention_days
+            if days:
+                deleted = await svc.store.delete_older_than(time.time() - days * 86400)
+                if deleted:
+                    log.info("retention: deleted %d old conversations", deleted)
+            runs = await svc.store.runs(1)
+            if runs:
+                svc.core.metrics.training.set(1.0 if runs[0]["status"] == "promoted" else 0.0)
+        except Exception:
+            log.exception("housekeeping failed")
+        await asyncio.sleep(every_s)

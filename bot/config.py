@@ -214,6 +214,11 @@ class Config:
                 cfg = dataclasses.replace(cfg, **{key: value})
         return cfg
 
+    def secret_values(self) -> list[str]:
+        """The values of every configured secret (to redact them from logs, store, datasets)."""
+        names = [self.telegram.token_env, self.discord.token_env, self.model.api_key_env]
+        return [v for v in (self.secret(n) for n in names if n) if v and len(v) >= 6]
+
     def secret(self, env_name: str) -> str | None:
         """Read a secret from the environment variable named by a ``*_env`` setting."""
         value = os.environ.get(env_name, "").strip() if env_name else ""

@@ -75,6 +75,7 @@ class Core:
         self.guard = guard if guard is not None else build_guard(cfg.moderation)
         self.limiter = limiter if limiter is not None else RateLimiter(cfg.limits)
         self.metrics = metrics if metrics is not None else Metrics()
+        self._secrets = cfg.secret_values()
         self._notifiers: list[Notifier] = []
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -91,6 +92,12 @@ class Core:
             except Exception:  # one platform failing must not stop the others
                 log.exception("admin notification failed")
 
+    def redact(self, text: str) -> str:
+        """Replace configured secrets (bot tokens, API keys) pasted into a message."""
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
+
     def params(self) -> GenParams:
         m = self.cfg.model
         return GenParams(max_new_tokens=m.max_new_tokens, temperature=m.temperature,
@@ -99,7 +106,7 @@ class Core:
     # ---- one message -----------------------------------------------------------------------
     async def handle(self, inc: Incoming, renderer: Renderer) -> Reply:
         """Answer one user message: store it, retrieve, prompt, stream, store the answer."""
-        text = inc.text.strip()
+        text = self.redact(inc.text).strip()
         if not text:
             return await self._refuse(inc, renderer, EMPTY_REPLY, "empty")
         user_key = f"{inc.platform}:{inc.user_id}"
@@ -243,7 +250,7 @@ class Core:
     async def command(self, inc: Incoming, name: str, args: str = "") -> CommandResult:
         """Run one slash command for any platform. Admin commands are checked and audited."""
         name = name.lower().lstrip("/")
-        args = args.strip()
+        args = self.redact(args).strip()
         if name in ADMIN_COMMANDS:
             if not inc.is_admin:
                 await self.store.audit(inc.platform, inc.user_id, name, args, False, "refused")

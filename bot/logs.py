@@ -62,11 +62,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 
-def secret_values(cfg: Config) -> list[str]:
-    names = [cfg.telegram.token_env, cfg.discord.token_env, cfg.model.api_key_env]
-    return [v for v in (cfg.secret(n) for n in names if n) if v]
-
-
 def setup_logging(cfg: Config, quiet: bool = False) -> None:
     """Configure the root logger once: stderr (WARNING when ``quiet``) and a rotating file."""
     root = logging.getLogger()
@@ -77,7 +72,7 @@ def setup_logging(cfg: Config, quiet: bool = False) -> None:
     fmt: logging.Formatter = (JsonFormatter() if cfg.logging.json else
                               PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     fmt.converter = time.localtime
-    redact = RedactSecrets(secret_values(cfg))
+    redact = RedactSecrets(cfg.secret_values())
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING if quiet else level)
     console.setFormatter(fmt)
