@@ -93,7 +93,8 @@ class Core:
                 log.exception("admin notification failed")
 
     def redact(self, text: str) -> str:
-        """Replace configured secrets (bot tokens, API keys) pasted into a message."""
+        """Clean user text: lone surrogates become U+FFFD; configured secrets are replaced."""
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
         return text
