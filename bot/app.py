@@ -19,7 +19,7 @@ from typing import Any
 from bot.config import Config
 from bot.core import Core
 from bot.errors import ConfigError
-from data.store import Store
+from data.store import Store, StoreError
 
 log = logging.getLogger("nightowl.app")
 
@@ -54,9 +54,16 @@ class Services:
 
 
 @asynccontextmanager
-async def open_store(cfg: Config) -> AsyncIterator[Store]:
+async def open_store(cfg: Config, check: bool = False) -> AsyncIterator[Store]:
+    """Open the database; with ``check``, refuse to start on a failed integrity check."""
     prepare_environment(cfg)
     async with Store(db_path(cfg)) as store:
+        if check:
+            result = await store.integrity_check()
+            if result != "ok":
+                raise StoreError(
+                    f"the database {db_path(cfg)} failed its integrity check ({result}). Stop "
+                    "NightOwl and restore a backup with `nightowl restore PATH`.")
         yield store
 
 
@@ -67,7 +74,7 @@ async def open_services(cfg: Config, *, say: Say = print, knowledge: bool = True
     from llm.factory import open_model
 
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(cfg))
+        store = await stack.enter_async_context(open_store(cfg, check=True))
         stale = await store.fail_stale_runs()
         if stale:
             log.warning("marked %d interrupted training run(s) as failed", stale)
