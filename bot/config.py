@@ -84,6 +84,8 @@ class RagConfig:
     sample_on_first_run: bool = True
     hybrid: bool = True
     upload_roots: list[str] = _lst()
+    embedding_dtype: str = _f("auto", choices=("auto", "float32", "bfloat16", "float16"))
+    min_keyword_score: float = _f(0.75, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,10 @@ class TelegramConfig:
     allowed_chats: list[int] = _lst()
     stream_edit_interval_s: float = _f(1.5, 0.0, 60.0)
     max_document_mb: float = _f(20.0, 0.001, 2000.0)
+    group_edit_interval_s: float = _f(3.0, 0.0, 60.0)
+    poll_timeout_s: float = _f(10.0, 0.0, 600.0)
+    request_timeout_s: float = _f(20.0, 0.1, 600.0)
+    ack_timeout_s: float = _f(10.0, 0.0, 3600.0)
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,8 @@ class DiscordConfig:
     stream_edit_interval_s: float = _f(1.2, 0.0, 60.0)
     message_content: bool = False
     max_attachment_mb: float = _f(20.0, 0.001, 2000.0)
+    ready_timeout_s: float = _f(60.0, 1.0, 3600.0)
+    guild_ready_timeout_s: float = _f(2.0, 0.0, 60.0)
 
 
 @dataclass(frozen=True)
