@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from bot.config import Config
 from bot.errors import BusyError, NightOwlError
 from bot.limits import RateLimiter
-from bot.messages import CommandResult, Incoming, Notifier, Renderer, Reply
+from bot.messages import CommandResult, DeliveryReport, Incoming, Notifier, Renderer, Reply
 from bot.metrics import Metrics
 from bot.moderation import Guard, build_guard
 from data.store import Store
@@ -206,10 +206,30 @@ class Core:
         reply = Reply(full, answer_id=aid, sources=sources, notices=notices, model=self.model.name,
                       adapter=info.adapter, latency_s=latency, answer=answer)
         await renderer.finish(reply)
+        await self._record_delivery(renderer, aid, platform, conv)
         log.info("answered", extra={"event": "answer", "platform": platform, "answer_id": aid,
                                     "latency_s": round(latency, 3), "adapter": info.adapter,
                                     "tokens": info.completion_tokens})
         return reply
+
+    async def _record_delivery(self, renderer: Renderer, answer_id: int, platform: str,
+                               conv: int) -> None:
+        """Store the platform ids of the answer's messages so replies to them find it."""
+        if not isinstance(renderer, DeliveryReport):
+            return
+        try:
+            ids = renderer.platform_message_ids()
+            if ids:
+                chat_id = await self.store.conversation_chat(conv)
+                await self.store.add_message_refs(answer_id, platform, chat_id, ids)
+        except Exception:
+            log.exception("could not record the platform ids of answer %s", answer_id)
+
+    async def mark_blocked(self, platform: str, user_id: str, blocked: bool = True) -> None:
+        """The user blocked the bot (Telegram Forbidden) or wrote again (unblocked)."""
+        user = await self.store.get_user(platform, user_id)
+        if user is not None:
+            await self.store.set_blocked(user.id, blocked)
 
     async def recover_pending(self, platform: str,
                               renderer_for: Callable[[str, str], Renderer]) -> int:

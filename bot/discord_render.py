@@ -186,6 +186,10 @@ class StreamRenderer:
             log.warning("streaming edit failed (%s); will render the final answer", exc)
         self._last = time.monotonic()
 
+    def platform_message_ids(self) -> list[str]:
+        """Discord ids of the messages showing the answer (replies to any of them find it)."""
+        return [str(m.id) for m in self.sent if getattr(m, "id", None) is not None]
+
     async def finish(self, reply: Reply) -> None:
         self.stop_typing()
         view = feedback_view(reply.answer_id) if reply.feedback and reply.answer_id else None

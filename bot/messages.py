@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,13 @@ class Renderer(Protocol):
     async def finish(self, reply: Reply) -> None:
         """The final answer; render it completely, with feedback buttons when asked."""
         ...
+
+
+@runtime_checkable
+class DeliveryReport(Protocol):
+    """Optional renderer capability: the platform ids of the messages that show the answer."""
+
+    def platform_message_ids(self) -> list[str]: ...
 
 
 class CollectingRenderer:

@@ -84,8 +84,16 @@ class TelegramBot:
                     .get_updates_connect_timeout(min(t.request_timeout_s, 10.0))
                     .build())
         self.sender = Sender(self.app.bot, t.stream_edit_interval_s, t.group_edit_interval_s)
+        self.sender.on_blocked = self._on_blocked
         self._recovery: asyncio.Task[int] | None = None
         self._register_handlers()
+
+    async def _on_blocked(self, chat_id: int, blocked: bool) -> None:
+        """Record in the store that a user blocked (or unblocked) the bot."""
+        try:
+            await self.core.mark_blocked(PLATFORM, str(chat_id), blocked)
+        except Exception:
+            log.exception("could not record that chat %s blocked the bot", chat_id)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> TelegramBot:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,17 @@ class Sender:
         self.group_interval_s = group_interval_s
         self.blocked: set[int] = set()
         self._pacers: dict[int, Pacer] = {}
+        # called with (chat_id, blocked) so the core can record it; set by the adapter
+        self.on_blocked: Callable[[int, bool], Coroutine[Any, Any, None]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _report(self, chat_id: int, blocked: bool) -> None:
+        if self.on_blocked is None or chat_id <= 0:  # only private chats are users
+            return
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            self.on_blocked(chat_id, blocked))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def pacer(self, chat_id: int) -> Pacer:
         if chat_id not in self._pacers:
@@ -105,10 +116,13 @@ class Sender:
         if chat_id not in self.blocked:
             log.warning("chat %s blocked the bot or is closed to it (%s); not sending to it again "
                         "in this run", chat_id, exc or "Forbidden")
+            self._report(chat_id, True)
         self.blocked.add(chat_id)
 
     def unblock(self, chat_id: int) -> None:
         """The user wrote to us again, so they unblocked the bot."""
+        if chat_id in self.blocked:
+            self._report(chat_id, False)
         self.blocked.discard(chat_id)
 
     async def typing(self, chat_id: int) -> None:
@@ -321,6 +335,10 @@ class StreamRenderer:
             self._typing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._typing
+
+    def platform_message_ids(self) -> list[str]:
+        """Telegram ids of the messages showing the answer (replies to any of them find it)."""
+        return [str(i) for i in self.message_ids]
 
     async def finish(self, reply: Reply) -> None:
         """Render the complete answer; the 👍/👎 keyboard goes on its last message."""

@@ -91,4 +91,14 @@ CREATE TABLE kb_sources (
     ingested_by TEXT NOT NULL DEFAULT ''
 );
 """),
+    ("0003_message_refs", """
+CREATE TABLE message_refs (
+    platform TEXT NOT NULL,
+    chat_id TEXT NOT NULL,
+    platform_message_id TEXT NOT NULL,
+    message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    PRIMARY KEY (platform, chat_id, platform_message_id)
+);
+CREATE INDEX message_refs_message ON message_refs (message_id);
+"""),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -71,6 +72,8 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._db: aiosqlite.Connection | None = None
+        # one connection is shared by every task: transactions must not interleave
+        self._write_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -110,13 +113,14 @@ class Store:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
         db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        await db.execute("COMMIT")
+        async with self._write_lock:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
 
     async def _migrate(self) -> None:
         db = self.db
@@ -212,6 +216,11 @@ class Store:
                 (user_id, platform, str(chat_id), time.time()))
             return int(cur.lastrowid or 0)
 
+    async def conversation_chat(self, conversation_id: int) -> str:
+        rows = list(await self.db.execute_fetchall(
+            "SELECT chat_id FROM conversations WHERE id = ?", (conversation_id,)))
+        return str(rows[0][0]) if rows else ""
+
     async def end_conversation(self, user_id: int, platform: str, chat_id: str) -> None:
         async with self.transaction() as db:
             await db.execute(
@@ -258,6 +267,15 @@ class Store:
             await db.execute("UPDATE messages SET platform_message_id = ? WHERE id = ?",
                              (str(platform_message_id), message_id))
 
+    async def add_message_refs(self, message_id: int, platform: str, chat_id: str,
+                               platform_message_ids: Iterable[str]) -> None:
+        """Remember which platform messages show a stored message (a long answer has several)."""
+        async with self.transaction() as db:
+            await db.executemany(
+                "INSERT OR REPLACE INTO message_refs (platform, chat_id, platform_message_id, "
+                "message_id) VALUES (?, ?, ?, ?)",
+                [(platform, str(chat_id), str(pid), message_id) for pid in platform_message_ids])
+
     async def get_message(self, message_id: int) -> Message | None:
         rows = list(await self.db.execute_fetchall(
             f"SELECT {_MSG_COLS} FROM messages WHERE id = ?", (message_id,)))
@@ -265,6 +283,11 @@ class Store:
 
     async def find_by_platform_id(self, platform: str, chat_id: str,
                                   platform_message_id: str) -> Message | None:
+        refs = list(await self.db.execute_fetchall(
+            "SELECT message_id FROM message_refs WHERE platform = ? AND chat_id = ? AND "
+            "platform_message_id = ?", (platform, str(chat_id), str(platform_message_id))))
+        if refs:
+            return await self.get_message(int(refs[0][0]))
         rows = list(await self.db.execute_fetchall(
             f"SELECT {', '.join('m.' + c.strip() for c in _MSG_COLS.split(','))} FROM messages m "
             "JOIN conversations c ON m.conversation_id = c.id WHERE c.platform = ? AND "
@@ -428,3 +451,42 @@ class Store:
                 "LEFT JOIN messages m ON m.conversation_id = c.id GROUP BY c.id "
                 "HAVING COALESCE(MAX(m.created_at), c.started_at) < ?)", (cutoff,))
             return cur.rowcount
+
+    # ---- knowledge-base sources (rag/) -----------------------------------------------------
+    _KB_COLS = ("source", "content_hash", "size", "chunks", "ingested_at", "ingested_by")
+
+    async def kb_source(self, source: str) -> dict[str, Any] | None:
+        rows = list(await self.db.execute_fetchall(
+            f"SELECT {', '.join(self._KB_COLS)} FROM kb_sources WHERE source = ?", (source,)))
+        return dict(zip(self._KB_COLS, rows[0], strict=True)) if rows else None
+
+    async def kb_sources(self, ingested_by: str | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(self._KB_COLS)} FROM kb_sources"
+        args: tuple[Any, ...] = ()
+        if ingested_by is not None:
+            sql, args = sql + " WHERE ingested_by = ?", (ingested_by,)
+        rows = await self.db.execute_fetchall(sql + " ORDER BY source", args)
+        return [dict(zip(self._KB_COLS, r, strict=True)) for r in rows]
+
+    async def kb_upsert_source(self, source: str, content_hash: str, size: int, chunks: int,
+                               ingested_by: str = "") -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO kb_sources (source, content_hash, size, chunks, ingested_at, "
+                "ingested_by) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET "
+                "content_hash = excluded.content_hash, size = excluded.size, "
+                "chunks = excluded.chunks, ingested_at = excluded.ingested_at, "
+                "ingested_by = excluded.ingested_by",
+                (source, content_hash, size, chunks, time.time(), ingested_by))
+
+    async def kb_delete_source(self, source: str) -> bool:
+        async with self.transaction() as db:
+            cur = await db.execute("DELETE FROM kb_sources WHERE source = ?", (source,))
+            return cur.rowcount > 0
+
+    async def kb_signature(self) -> tuple[int, float, int]:
+        """(sources, latest ingest time, total chunks): changes whenever the knowledge base does."""
+        rows = list(await self.db.execute_fetchall(
+            "SELECT COUNT(*), COALESCE(MAX(ingested_at), 0), COALESCE(SUM(chunks), 0) "
+            "FROM kb_sources"))
+        return int(rows[0][0]), float(rows[0][1]), int(rows[0][2])

@@ -6,6 +6,7 @@ FakeChatModel). Negative checks ("ignored") use a barrier: a later message that 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from typing import Any
@@ -217,3 +218,17 @@ async def test_handler_error_is_reported_and_bot_keeps_running(discord_env: Disc
     await fake.user_message(env.alice, "this works", dm=True)
     (answer,) = await fake.wait_for(final(fake, dm))
     assert answer["content"] == "You said: this works."
+
+
+async def test_answer_message_ids_are_recorded(discord_env: DiscordEnv) -> None:
+    env, fake = discord_env, discord_env.fake
+    await env.start()
+    msg = await fake.user_message(env.alice, "remember my ids", dm=True)
+    (answer,) = await fake.wait_for(final(fake, msg["channel_id"]))
+    for _ in range(200):  # recorded right after the final render
+        found = await env.store.find_by_platform_id("discord", msg["channel_id"], answer["id"])
+        if found is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert found is not None and found.role == "assistant"
+    assert found.text == "You said: remember my ids."

@@ -524,3 +524,38 @@ async def test_failure_after_long_stream_leaves_only_the_apology(
                                           "Please try again."]
         assert "the model crashed" in caplog.text
         caplog.clear()  # the core logs that failure as an ERROR on purpose
+
+
+async def test_correct_by_replying_to_an_older_answer(tmp_path: Path,
+                                                      fake: FakeTelegramAPI) -> None:
+    async with running(tmp_path, fake) as env:
+        user = fake.user(USER)
+        chat = fake.private(user)
+        await env.send(fake.text(chat, user, "first question"))
+        first = fake.last_message(USER)
+        await env.send(fake.text(chat, user, "second question"))
+        await env.send(fake.text(chat, user, "/correct The real first answer.",
+                                 reply_to=fake.as_message(first)))
+        rows = await env.db(
+            "SELECT m.text, k.text FROM corrections k JOIN messages m ON m.id = k.message_id")
+        assert rows == [("You said: first question.", "The real first answer.")]
+
+
+async def test_forbidden_is_recorded_in_the_store(tmp_path: Path, fake: FakeTelegramAPI,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    async with running(tmp_path, fake) as env:
+        user = fake.user(USER)
+        chat = fake.private(user)
+        fake.fail("sendMessage", 403)
+        await env.send(fake.text(chat, user, "hello"))
+        for _ in range(100):
+            if (await env.db("SELECT blocked_bot FROM users"))[0][0] == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert await env.db("SELECT blocked_bot FROM users") == [(1,)]
+        await env.send(fake.text(chat, user, "back again"))
+        for _ in range(100):
+            if (await env.db("SELECT blocked_bot FROM users"))[0][0] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await env.db("SELECT blocked_bot FROM users") == [(0,)]

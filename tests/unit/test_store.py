@@ -135,3 +135,19 @@ async def test_corrupt_database_gives_actionable_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="restore a backup"):
         async with Store(bad):
             pass
+
+
+async def test_concurrent_writers_do_not_interleave_transactions(store: Store) -> None:
+    import asyncio
+
+    user = await store.ensure_user("terminal", "many")
+    conv = await store.active_conversation(user.id, "terminal", "c")
+
+    async def write(i: int) -> None:
+        q = await store.add_message(conv, "user", f"q{i}", status="pending")
+        await store.answer(q, conv, f"a{i}", model="m", adapter=None, latency_s=0.0)
+        await store.set_blocked(user.id, i % 2 == 0)
+
+    await asyncio.gather(*(write(i) for i in range(50)))
+    assert (await store.stats())["messages"] == 100
+    assert await store.pending_messages() == []
