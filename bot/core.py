@@ -142,6 +142,13 @@ class Core:
         key = (inc.platform, inc.chat_id, inc.user_id)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
+            if inc.message_id is not None:
+                seen = await self.store.find_by_platform_id(inc.platform, inc.chat_id,
+                                                            inc.message_id)
+                if seen is not None and seen.role == "user":
+                    # redelivered after a crash: answered (or recovered) once, never twice
+                    log.info("ignoring redelivered message %s", inc.message_id)
+                    return Reply("", feedback=False)
             user = await self.store.ensure_user(inc.platform, inc.user_id, inc.display_name)
             conv = await self.store.active_conversation(user.id, inc.platform, inc.chat_id)
             qid = await self.store.add_message(conv, "user", text, status="pending",

@@ -217,3 +217,13 @@ async def test_recover_pending_answers_young_and_apologises_for_old(cfg: Config,
     assert statuses[young] == "done" and statuses[old] == "failed"
     assert await core.recover_pending("telegram", renderer_for) == 0  # nothing answered twice
     assert len(await store.pending_messages()) == 1  # discord's waits for discord
+
+
+async def test_redelivered_message_is_not_stored_or_answered_twice(core: Core, store: Store,
+                                                                   model: FakeChatModel) -> None:
+    inc = Incoming("telegram", "c1", "u1", "T", "hello", message_id="77")
+    first = await core.handle(inc, CollectingRenderer())
+    r = CollectingRenderer()
+    again = await core.handle(inc, r)
+    assert first.answer_id and again.answer_id is None and not r.started
+    assert len(model.calls) == 1 and (await store.stats())["messages"] == 2
