@@ -1,0 +1,108 @@
+"""Chroma plumbing: the client (embedded or server), our embedding function, paged reads.
+
+chromadb is imported only inside these functions (its import costs seconds).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from bot.errors import KnowledgeError
+from rag.base import Embedder
+
+PAGE = 2000
+
+
+@functools.cache
+def embedding_function_class() -> type:
+    """Chroma ``EmbeddingFunction`` subclass wrapping an :class:`Embedder` (built once)."""
+    from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
+
+    class NightOwlEmbeddingFunction(EmbeddingFunction[Documents]):
+        """Our embedder, so Chroma never downloads its default ONNX model."""
+
+        def __init__(self, embedder: Embedder | None = None, model: str = "",
+                     dtype: str = "auto") -> None:
+            self._embedder = embedder
+            self._model = embedder.name if embedder is not None else model
+            self._dtype = dtype
+
+        def _get(self) -> Embedder:
+            if self._embedder is None:  # rebuilt by Chroma from its stored config
+                from rag.embedder import make_embedder
+
+                self._embedder = make_embedder(self._model, self._dtype)
+            return self._embedder
+
+        def __call__(self, input: Documents) -> Embeddings:
+            import numpy as np
+
+            return [np.asarray(v, dtype=np.float32) for v in self._get().embed(list(input))]
+
+        @staticmethod
+        def name() -> str:
+            return "nightowl"
+
+        def get_config(self) -> dict[str, Any]:
+            return {"model": self._model, "dtype": self._dtype}
+
+        @staticmethod
+        def build_from_config(config: dict[str, Any]) -> NightOwlEmbeddingFunction:
+            return NightOwlEmbeddingFunction(model=str(config.get("model", "")),
+                                             dtype=str(config.get("dtype", "auto")))
+
+        def default_space(self) -> Any:
+            return "cosine"
+
+    return NightOwlEmbeddingFunction
+
+
+def make_client(chroma_url: str, path: Path) -> Any:
+    """``PersistentClient`` under ``path`` or ``HttpClient`` for ``chroma_url``; no telemetry."""
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if not chroma_url:
+        path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(path), settings=settings)
+    url = urlparse(chroma_url if "://" in chroma_url else f"http://{chroma_url}")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise KnowledgeError(f"[rag] chroma_url {chroma_url!r} is not a URL like "
+                             "'http://127.0.0.1:8000'")
+    port = url.port or (443 if url.scheme == "https" else 8000)
+    try:
+        client = chromadb.HttpClient(host=url.hostname, port=port, ssl=url.scheme == "https",
+                                     settings=settings)
+        client.heartbeat()
+    except Exception as exc:
+        raise KnowledgeError(
+            f"cannot reach the Chroma server at {chroma_url} ({type(exc).__name__}: {exc}). "
+            "Start it with `chroma run --path DIR --host 127.0.0.1 --port PORT`, or set "
+            "[rag] chroma_url = \"\" for the embedded store.") from exc
+    return client
+
+
+def open_collection(client: Any, name: str, embedder: Embedder, dtype: str) -> Any:
+    ef = embedding_function_class()(embedder, dtype=dtype)
+    return client.get_or_create_collection(
+        name, embedding_function=ef, metadata={"embedding_model": embedder.name},
+        # Above [rag] exact_search_max chunks, retrieval relies on this index: denser than
+        # Chroma's defaults, which missed clear best matches among many similar chunks.
+        configuration={"hnsw": {"space": "cosine", "ef_construction": 200, "ef_search": 200,
+                                "max_neighbors": 32}})
+
+
+def iter_all(collection: Any, include: list[str]) -> Iterator[dict[str, Any]]:
+    """Every record of a collection, page by page: ``{"ids", "documents", "metadatas", ...}``."""
+    offset = 0
+    while True:
+        page = collection.get(include=include, limit=PAGE, offset=offset)
+        if not page["ids"]:
+            return
+        yield page
+        offset += len(page["ids"])

@@ -1,0 +1,94 @@
+"""Chroma server mode: a real `chroma run` on loopback, started and stopped by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot.config import Config
+from bot.errors import KnowledgeError
+from data.store import Store
+from rag.knowledge import open_knowledge
+
+DOCS = Path(__file__).resolve().parent.parent / "data" / "rag" / "docs"
+
+
+def _chroma_cli() -> str | None:
+    local = Path(sys.executable).parent / "chroma"
+    return str(local) if local.exists() else shutil.which("chroma")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[str]:
+    cli = _chroma_cli()
+    if cli is None:
+        pytest.skip("the `chroma` CLI (shipped with the chromadb package) is not installed")
+    port = _free_port()
+    log = (tmp_path / "chroma.log").open("wb")
+    proc = subprocess.Popen([cli, "run", "--path", str(tmp_path / "server"), "--port", str(port),
+                             "--host", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            if proc.poll() is not None:
+                raise AssertionError(f"chroma run exited: {(tmp_path / 'chroma.log').read_text()}")
+            try:
+                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            import time
+
+            time.sleep(0.1)
+        else:
+            raise AssertionError("chroma run did not answer within 30 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+async def test_server_round_trip(cfg: Config, store: Store, chroma_server: str) -> None:
+    server_cfg = cfg.replace(rag__chroma_url=chroma_server)
+    kb = await open_knowledge(server_cfg, store)
+    results = await kb.ingest([DOCS / "error-codes.md", DOCS / "faq.jsonl"])
+    assert {r.status for r in results} == {"added"}
+    n = await kb.count()
+    assert n == sum(r.chunks for r in results) > 5
+    assert not (Path(cfg.storage.dir) / "chroma").exists()  # nothing embedded on disk
+    # A second client (another process in real life) sees the same collection.
+    other = await open_knowledge(server_cfg.replace(rag__exact_search_max=0), store)  # HNSW
+    assert await other.count() == n
+    assert (await other.search("What does error NX-4472 mean?"))[0].section == "NX-4472"
+    assert (await other._current_mirror()).vectors is None
+    assert (await kb._current_mirror()).vectors is not None
+    assert [r.status for r in await other.ingest([DOCS / "error-codes.md"])] == ["unchanged"]
+    assert await other.remove("faq.jsonl")
+    await asyncio.sleep(0)
+    assert await kb.search("Who approves travel expenses?") == []
+    assert await kb.count() == n - 4
+
+
+async def test_unreachable_server_is_a_clear_error(cfg: Config, store: Store) -> None:
+    with pytest.raises(KnowledgeError, match=r"cannot reach the Chroma server.*chroma run"):
+        await open_knowledge(cfg.replace(rag__chroma_url=f"http://127.0.0.1:{_free_port()}"),
+                             store)
