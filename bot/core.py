@@ -390,10 +390,17 @@ class Core:
         if user is None:
             return CommandResult("There is nothing stored about you.")
         counts = await self.store.forget_user(user.id)
-        note = ""
+        uploads: list[str] = []
+        remove = getattr(self.knowledge, "remove_by_uploader", None)
+        if remove is not None:
+            try:
+                uploads = list(await remove(f"{inc.platform}:{inc.user_id}"))
+            except Exception:
+                log.exception("could not remove the uploads of a forgotten user")
+        note = f"\nRemoved {len(uploads)} uploaded document(s)." if uploads else ""
         if self.learning is not None and self.learning.adapters_text().strip():
-            note = ("\nAdapters trained before today may still reflect your past conversations; "
-                    "an admin can retrain without them.")
+            note += ("\nAdapters trained before today may still reflect your past "
+                     "conversations; an admin can retrain without them.")
         return CommandResult(f"Deleted {counts['messages']} messages, {counts['feedback']} "
                              f"ratings and {counts['corrections']} corrections.{note}")
 
