@@ -86,6 +86,7 @@ class RagConfig:
     upload_roots: list[str] = _lst()
     embedding_dtype: str = _f("auto", choices=("auto", "float32", "bfloat16", "float16"))
     min_keyword_score: float = _f(0.75, 0.0, 1.0)
+    exact_search_max: int = _f(200_000, 0, 100_000_000)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class TrainingConfig:
     continue_from_active: bool = False
     replay_share: float = _f(0.2, 0.0, 1.0)
     keep_adapters: int = _f(10, 1, 10_000)
-    eval_tolerance: float = _f(0.05, 0.0, 10.0)
+    eval_tolerance: float = _f(0.3, 0.0, 10.0)
     threads: int = _f(0, 0, 512)
 
 
