@@ -1,0 +1,297 @@
+"""One learning cycle: dataset -> train (child) -> evaluate -> register -> promote or reject.
+
+:func:`run_cycle` is the single importable entry point used by ``nightowl train``, ``/retrain`` and
+the nightly scheduler. It never raises for an ordinary failure: the run is recorded as ``failed``
+(nothing promoted, previous adapter kept) and the result says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from bot.config import Config
+from bot.errors import AdapterError, BusyError, NightOwlError
+from llm.base import ChatMessage, ChatModel
+from training.dataset import (
+    build_examples,
+    load_seen,
+    mark_seen,
+    split_examples,
+    write_jsonl,
+)
+from training.evaluate import ProbeFile, decide, load_regression, regression_key
+from training.registry import Registry
+from training.trainer import job_training, train_in_child
+
+log = logging.getLogger("nightowl.training")
+Say = Callable[[str], Any]
+REGRESSION_TOKENS = 40
+
+
+@dataclass
+class CycleResult:
+    status: str  # "promoted" | "rejected" | "skipped" | "failed"
+    run_id: int
+    summary: str
+    version: str | None = None
+    parent: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+    plot: Path | None = None
+    run_dir: Path | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.status == "promoted"
+
+    def text(self) -> str:
+        lines = [f"Training run #{self.run_id}: {self.summary}"]
+        lines += [f"- {r}" for r in self.reasons]
+        ds = self.report.get("dataset")
+        if ds:
+            drops = ", ".join(f"{k} {v}" for k, v in sorted(ds.get("dropped", {}).items()))
+            lines.append(f"Data: {ds.get('kept', 0)} examples kept ({ds.get('new', 0)} new, "
+                         f"{ds.get('train', 0)} train, {ds.get('eval', 0)} held out); "
+                         f"dropped: {drops or 'none'}")
+        tr = self.report.get("training")
+        if tr:
+            lines.append(f"Training: {tr.get('steps')} steps in {tr.get('train_runtime_s', 0):.0f}"
+                         f" s ({tr.get('samples_per_s', 0):.2f} samples/s, peak RSS "
+                         f"{tr.get('peak_rss_mb', 0):.0f} MB, {tr.get('backend')})")
+        return "\n".join(lines)
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(model_path: str) -> tuple[Any, str]:
+    from transformers import AutoTokenizer
+
+    from training.template import training_template
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    return tok, training_template(tok)
+
+
+def token_counter(model_path: str) -> Callable[[Sequence[ChatMessage]], int]:
+    tok, template = _tokenizer(model_path)
+
+    def count(messages: Sequence[ChatMessage]) -> int:
+        ids = tok.apply_chat_template(list(messages), chat_template=template, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return len(ids)
+    return count
+
+
+@contextlib.contextmanager
+def run_lock(storage: Path) -> Iterator[None]:
+    """One training run per storage dir, across processes (bot + `nightowl train`)."""
+    path = storage / "runs" / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise BusyError("another training run is in progress for this storage dir; try "
+                            "again when it has finished.") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def write_plot(path: Path, curve: list[list[float]], history: list[tuple[str, float]],
+               reference: float | None) -> Path | None:
+    """PNG with the training loss curve and held-out loss per version (matplotlib, Agg)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # plotting is a nicety; the run does not fail for it
+        log.exception("could not import matplotlib; no plot")
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    if curve:
+        ax1.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", ms=3)
+    ax1.set_title("training loss (assistant tokens)")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    if history:
+        ax2.plot([h[0] for h in history], [h[1] for h in history], marker="o", label="candidate")
+    if reference is not None:
+        ax2.axhline(reference, color="gray", linestyle="--", label="reference (active/base)")
+    ax2.set_title("held-out loss per version")
+    ax2.set_xlabel("version")
+    ax2.legend(loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+async def run_cycle(cfg: Config, store: Any, *, trigger: str = "manual",
+                    model: ChatModel | None = None, say: Say = print) -> CycleResult:
+    """Run one learning cycle now; see the module docstring."""
+    storage = cfg.storage.path
+    try:
+        with run_lock(storage):
+            return await _cycle(cfg, store, trigger, model, say)
+    except BusyError as exc:
+        return CycleResult("skipped", 0, str(exc))
+
+
+async def _cycle(cfg: Config, store: Any, trigger: str, model: ChatModel | None,
+                 say: Say) -> CycleResult:
+    from llm.embedded import resolve_model_path
+
+    storage = cfg.storage.path
+    registry = Registry(storage)
+    registry.clean_staging()
+    run_id = await store.start_run(trigger)
+    run_dir = storage / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-run{run_id:04d}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    staging: Path | None = None
+    version: str | None = None
+    report: dict[str, Any] = {"trigger": trigger, "run_dir": str(run_dir)}
+    parent = registry.active()
+    try:
+        say(f"Learning cycle #{run_id} ({trigger}): building the dataset...")
+        model_path = await asyncio.to_thread(resolve_model_path, cfg.model.name, storage, say)
+        counter = await asyncio.to_thread(token_counter, model_path)
+        convs = await store.training_conversations()
+        examples, ds = await asyncio.to_thread(build_examples, cfg, convs, now=time.time(),
+                                               count_tokens=counter)
+        split = split_examples(cfg, examples, await load_seen(store), ds)
+        report["dataset"] = ds.to_dict()
+        (run_dir / "dataset.json").write_text(json.dumps(ds.to_dict(), indent=1), "utf-8")
+        if len(split.new) < cfg.training.min_examples:
+            summary = (f"skipped: {len(split.new)} new training examples, at least "
+                       f"{cfg.training.min_examples} needed ([training] min_examples). Rate "
+                       "answers with 👍 or /correct them to create training data.")
+            await store.finish_run(run_id, "skipped", parent=parent, summary=summary,
+                                   report=report)
+            say(summary)
+            return CycleResult("skipped", run_id, summary, parent=parent, report=report,
+                               run_dir=run_dir)
+        reference = parent
+        if parent is not None:
+            try:
+                registry.validate(parent)
+            except AdapterError as exc:
+                say(f"warning: {exc}; comparing against the base model instead")
+                reference = None
+        write_jsonl(run_dir / "train.jsonl", split.train)
+        write_jsonl(run_dir / "eval.jsonl", split.eval)
+        questions = load_regression()
+        staging = registry.staging_dir()
+        job = {
+            "model_path": model_path, "training": job_training(cfg),
+            "init_adapter": str(registry.path(reference))
+            if cfg.training.continue_from_active and reference else None,
+            "reference_adapter": str(registry.path(reference)) if reference else None,
+            "reference_version": reference,
+            "train_file": str(run_dir / "train.jsonl"), "eval_file": str(run_dir / "eval.jsonl"),
+            "probes": [{"question": p.question, "expected": p.expected}
+                       for p in ProbeFile(storage / "probes.json").load()],
+            "system_prompt": cfg.model.system_prompt,
+            "regression_questions": questions,
+            "regression_key": regression_key(model_path, cfg.model.system_prompt, questions,
+                                             REGRESSION_TOKENS),
+            "regression_cache": str(storage / "runs" / "regression-base.json"),
+            "regression_tokens": REGRESSION_TOKENS,
+            "adapter_out": str(staging),
+        }
+        say(f"Training on {len(split.train)} examples ({len(split.new)} new) in a child "
+            "process...")
+        result = await train_in_child(cfg, job, run_dir / "job", say=say)
+        decision = decide(result["scores"], cfg.training.eval_tolerance)
+        train_stats = {k: result.get(k) for k in (
+            "backend", "steps", "epochs", "examples", "train_loss", "train_runtime_s",
+            "samples_per_s", "peak_rss_mb", "duration_s", "threads", "peak_cuda_mb")}
+        report["training"] = train_stats
+        report["scores"] = result["scores"]
+        report["decision"] = {"promote": decision.promote, "reasons": decision.reasons}
+        meta = {"status": "promoted" if decision.promote else "rejected", "parent": parent,
+                "reference": reference, "trigger": trigger, "run_id": run_id,
+                "config": dataclasses.asdict(cfg),
+                "model": cfg.model.name, "model_path": model_path, "dataset": ds.to_dict(),
+                "examples": len(split.train), "loss_curve": result.get("loss_curve", []),
+                "scores": result["scores"], "reasons": decision.reasons,
+                "duration_s": round(time.time() - started, 2), **train_stats}
+        version = registry.register(staging, meta)
+        staging = None
+        history = [(info.version, float(info.meta["scores"]["heldout"]["candidate"]["loss"]))
+                   for info in registry.infos()
+                   if isinstance((info.meta.get("scores") or {}).get("heldout", {})
+                                 .get("candidate", {}).get("loss"), float)]
+        ref_loss = result["scores"]["heldout"].get("reference", {}).get("loss")
+        plot = await asyncio.to_thread(write_plot, run_dir / "training.png",
+                                       result.get("loss_curve", []), history[-20:],
+                                       ref_loss if isinstance(ref_loss, float) else None)
+        report["plot"] = str(plot) if plot else None
+        status = "promoted" if decision.promote else "rejected"
+        reasons = list(decision.reasons)
+        if decision.promote:
+            if model is not None:
+                try:
+                    await model.set_adapter(registry.path(version), version)
+                except NightOwlError as exc:
+                    status = "failed"
+                    reasons.append(f"the new adapter could not be loaded for serving: {exc}")
+                    registry.update_meta(version, status="rejected", reasons=reasons)
+            if status == "promoted":
+                registry.set_active(version)
+        await mark_seen(store, [e.key for e in split.train])
+        registry.prune(cfg.training.keep_adapters)
+        if status == "promoted":
+            summary = f"promoted {version} (parent {parent or 'base'})"
+        elif status == "rejected":
+            summary = f"rejected {version}; {parent or 'the base model'} stays active"
+        else:
+            summary = f"failed to activate {version}; {parent or 'the base model'} stays active"
+        await store.finish_run(run_id, status, version=version, parent=parent, summary=summary,
+                               report=report)
+        (run_dir / "report.json").write_text(json.dumps(report, indent=1, default=str), "utf-8")
+        res = CycleResult(status, run_id, summary, version=version, parent=parent,
+                          reasons=reasons, report=report, plot=plot, run_dir=run_dir)
+        say(res.text())
+        return res
+    except asyncio.CancelledError:
+        await _fail(store, run_id, "cancelled (the process is stopping)", parent, report)
+        raise
+    except Exception as exc:
+        log.exception("training cycle %s failed", run_id)
+        summary = f"failed: {exc}"
+        if version is not None and registry.active() != version:
+            with contextlib.suppress(Exception):
+                registry.update_meta(version, status="failed", reasons=[summary])
+        await _fail(store, run_id, summary, parent, report)
+        say(f"Training run #{run_id} {summary}")
+        return CycleResult("failed", run_id, summary, parent=parent, report=report,
+                           run_dir=run_dir)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+async def _fail(store: Any, run_id: int, summary: str, parent: str | None,
+                report: dict[str, Any]) -> None:
+    try:
+        await asyncio.shield(store.finish_run(run_id, "failed", parent=parent, summary=summary,
+                                              report=report))
+    except Exception:
+        log.exception("could not record the failed run %s", run_id)

@@ -1,0 +1,321 @@
+"""Logged conversations -> SFT examples in conversational ``messages`` form.
+
+Every example is rendered exactly as serving renders its prompt (``llm.prompt.build_messages`` with
+the configured system prompt, the answer's stored knowledge sources formatted by
+``rag.base.format_context`` and the same history window), followed by the target answer.
+
+Policy (``[training]``): 👍 answers count; a correction replaces the answer it corrects (even a 👎
+one); unrated answers count only when ``include_unrated_after_hours`` > 0 and they are older than
+that with no 👎. Dropped, each counted by reason in the report: 👎 without correction, unrated,
+non-answers and errors, no question, too short / too long (characters), too long in tokens even
+after trimming history, exact duplicates and near-duplicates. Opted-out and forgotten users never
+reach this module (the store excludes / deleted them). PII and secrets are scrubbed before anything
+is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.config import Config
+from llm.base import ChatMessage
+from llm.prompt import build_messages
+from rag.base import Passage, format_context
+from training.scrub import scrub
+
+TokenCounter = Callable[[Sequence[ChatMessage]], int]
+
+NON_ANSWERS = ("(no answer)",)
+ERROR_PREFIXES = ("Sorry, something went wrong", "⏳", "Training failed")
+KIND_RANK = {"correction": 0, "good": 1, "unrated": 2}
+NEAR_DUP_JACCARD = 0.85
+SEEN_KV_KEY = "training.trained_keys"
+
+
+@dataclass
+class Example:
+    messages: list[ChatMessage]
+    answer_id: int
+    conversation_id: int
+    kind: str  # "good" | "correction" | "unrated"
+    created_at: float
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            blob = json.dumps(self.messages, ensure_ascii=False, sort_keys=True)
+            self.key = hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+    def record(self) -> dict[str, Any]:
+        """The JSONL record (LLaMA-Factory / axolotl ``messages`` format)."""
+        return {"messages": self.messages}
+
+
+@dataclass
+class DatasetReport:
+    answers_seen: int = 0
+    kept: Counter[str] = field(default_factory=Counter)  # by kind
+    dropped: Counter[str] = field(default_factory=Counter)  # by reason
+    scrubbed: Counter[str] = field(default_factory=Counter)  # placeholders inserted, by kind
+    history_trimmed: int = 0
+    train: int = 0
+    eval: int = 0
+    new: int = 0
+    replay: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"answers_seen": self.answers_seen, "kept": sum(self.kept.values()),
+                "kept_by_kind": dict(self.kept), "dropped": dict(self.dropped),
+                "dropped_total": sum(self.dropped.values()), "scrubbed": dict(self.scrubbed),
+                "history_trimmed": self.history_trimmed, "train": self.train, "eval": self.eval,
+                "new": self.new, "replay": self.replay,
+                "note": "opted-out and forgotten users are excluded by the store"}
+
+    def summary(self) -> str:
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"
+        return (f"{sum(self.kept.values())} examples kept of {self.answers_seen} answers "
+                f"({self.new} new, {self.train} train incl. {self.replay} replayed, "
+                f"{self.eval} held out); dropped: {drops}")
+
+
+@dataclass
+class Split:
+    train: list[Example]
+    eval: list[Example]
+    new: list[Example]
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _shingles(text: str) -> set[str]:
+    words = _norm(text).split()
+    if len(words) < 4:
+        return set(words)
+    return {" ".join(words[i:i + 3]) for i in range(len(words) - 2)}
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / max(1, len(a | b))
+
+
+def _estimate_tokens(messages: Sequence[ChatMessage]) -> int:
+    return sum(len(m["content"]) // 3 + 5 for m in messages)
+
+
+def _is_non_answer(text: str) -> bool:
+    t = text.strip()
+    return not t or t in NON_ANSWERS or t.startswith(ERROR_PREFIXES)
+
+
+def _passages(sources: list[dict[str, Any]]) -> list[Passage]:
+    out = []
+    for s in sources:
+        if not isinstance(s, dict) or not s.get("text"):
+            continue
+        out.append(Passage(text=str(s["text"]), source=str(s.get("source", "")),
+                           section=str(s.get("section", "")), score=float(s.get("score", 0.0)),
+                           chunk_id=str(s.get("chunk_id", ""))))
+    return out
+
+
+def _fit(messages: list[ChatMessage], count: TokenCounter, limit: int) -> tuple[
+        list[ChatMessage] | None, bool]:
+    """Drop the oldest history turns until the example fits ``limit`` tokens; None if it cannot."""
+    system, history, tail = messages[0], messages[1:-2], messages[-2:]
+    trimmed = False
+    while count([system, *history, *tail]) > limit:
+        if not history:
+            return None, trimmed
+        history = history[2:] if len(history) >= 2 else []
+        while history and history[0]["role"] != "user":
+            history = history[1:]
+        trimmed = True
+    return [system, *history, *tail], trimmed
+
+
+def build_examples(cfg: Config, conversations: list[dict[str, Any]], *, now: float,
+                   count_tokens: TokenCounter | None = None) -> tuple[list[Example], DatasetReport]:
+    """Apply the dataset policy to ``Store.training_conversations()`` output."""
+    t = cfg.training
+    count = count_tokens or _estimate_tokens
+    report = DatasetReport()
+    candidates: list[Example] = []
+    for conv in conversations:
+        msgs = conv["messages"]
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            report.answers_seen += 1
+            correction = (m.get("correction") or "").strip()
+            fb = m.get("feedback")
+            if correction:
+                kind, target = "correction", correction
+            elif fb == 1:
+                kind, target = "good", m["text"]
+            elif fb == -1:
+                report.dropped["thumbs_down"] += 1
+                continue
+            elif t.include_unrated_after_hours > 0 and \
+                    now - float(m["created_at"]) >= t.include_unrated_after_hours * 3600:
+                kind, target = "unrated", m["text"]
+            else:
+                report.dropped["unrated"] += 1
+                continue
+            if _is_non_answer(target):
+                report.dropped["non_answer"] += 1
+                continue
+            target = target.strip()
+            if len(target) < t.min_chars:
+                report.dropped["too_short"] += 1
+                continue
+            if len(target) > t.max_chars:
+                report.dropped["too_long"] += 1
+                continue
+            q = i - 1
+            if q < 0 or msgs[q]["role"] != "user" or not msgs[q]["text"].strip():
+                report.dropped["no_question"] += 1
+                continue
+            history = [{"role": h["role"], "content": h["text"]}
+                       for h in msgs[max(0, q - cfg.chat.history_messages):q]]
+            while history and history[0]["role"] != "user":
+                history.pop(0)
+            passages = _passages(m.get("sources") or [])
+            context = format_context(passages) if passages else None
+            messages = build_messages(cfg.model.system_prompt, context, history, msgs[q]["text"])
+            messages.append({"role": "assistant", "content": target})
+            if cfg.privacy.scrub_pii:
+                scrubbed = []
+                for msg in messages:
+                    res = scrub(msg["content"])
+                    report.scrubbed.update(res.counts)
+                    scrubbed.append({"role": msg["role"], "content": res.text})
+                messages = scrubbed
+            fitted, trimmed = _fit(messages, count, t.max_seq_len)
+            if fitted is None:
+                report.dropped["too_long_tokens"] += 1
+                continue
+            report.history_trimmed += int(trimmed)
+            candidates.append(Example(fitted, int(m["id"]), int(conv["id"]), kind,
+                                      float(m["created_at"])))
+    kept = _dedupe(candidates, report)
+    for ex in kept:
+        report.kept[ex.kind] += 1
+    return kept, report
+
+
+def _dedupe(candidates: list[Example], report: DatasetReport) -> list[Example]:
+    """Drop duplicates; the best kind (correction > 👍 > unrated), then the newest, wins."""
+    order = sorted(candidates, key=lambda e: (KIND_RANK[e.kind], -e.created_at))
+    kept: list[Example] = []
+    exact: set[str] = set()
+    shingles: list[set[str]] = []
+    for ex in order:
+        q, a = ex.messages[-2]["content"], ex.messages[-1]["content"]
+        ctx = ex.messages[0]["content"]
+        norm = _norm(f"{ctx}\n{q}\n{a}")
+        if norm in exact:
+            report.dropped["duplicate"] += 1
+            continue
+        sh = _shingles(f"{q} {a}")
+        if any(_jaccard(sh, other) >= NEAR_DUP_JACCARD for other in shingles):
+            report.dropped["near_duplicate"] += 1
+            continue
+        exact.add(norm)
+        shingles.append(sh)
+        kept.append(ex)
+    kept.sort(key=lambda e: e.answer_id)
+    return kept
+
+
+def _eval_bucket(ex: Example) -> float:
+    h = hashlib.sha1(f"answer:{ex.answer_id}".encode()).hexdigest()
+    return int(h[:8], 16) / 0xFFFFFFFF
+
+
+def split_examples(cfg: Config, examples: list[Example], seen: set[str],
+                   report: DatasetReport) -> Split:
+    """Held-out split (stable per answer), new vs already-trained, and the replay share.
+
+    Fresh adapters (``continue_from_active = false``) train on every kept example; when continuing
+    from the active adapter, the new examples are mixed with a ``replay_share`` of earlier ones.
+    """
+    t = cfg.training
+    held = [e for e in examples if _eval_bucket(e) < t.eval_fraction]
+    if t.eval_fraction > 0 and not held and len(examples) >= 2:
+        held = [min(examples, key=_eval_bucket)]
+    held_ids = {id(e) for e in held}
+    pool = [e for e in examples if id(e) not in held_ids]
+    if t.eval_fraction > 0 and not pool and held:
+        pool, held = held[1:], held[:1]
+    new = [e for e in pool if e.key not in seen]
+    old = [e for e in pool if e.key in seen]
+    if t.continue_from_active:
+        share = t.replay_share
+        want = len(old) if share >= 1 else round(share * len(new) / (1 - share))
+        replay = random.Random(t.seed).sample(old, min(len(old), want))
+    else:
+        replay = old
+    train = new + replay
+    random.Random(t.seed).shuffle(train)
+    report.train, report.eval, report.new, report.replay = len(train), len(held), len(new), \
+        len(replay)
+    return Split(train=train, eval=held, new=new)
+
+
+def write_jsonl(path: Path, examples: Sequence[Example]) -> None:
+    """Write ``{"messages": [...]}`` lines atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for ex in examples:
+                fh.write(json.dumps(ex.record(), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+async def load_seen(store: Any) -> set[str]:
+    raw = await store.kv_get(SEEN_KV_KEY)
+    try:
+        return set(json.loads(raw)) if raw else set()
+    except json.JSONDecodeError:
+        return set()
+
+
+async def mark_seen(store: Any, keys: Sequence[str]) -> None:
+    seen = await load_seen(store)
+    seen.update(keys)
+    await store.kv_set(SEEN_KV_KEY, json.dumps(sorted(seen)))
+
+
+async def export_jsonl(cfg: Config, store: Any, out: Path, *, now: float | None = None,
+                       count_tokens: TokenCounter | None = None) -> tuple[int, DatasetReport]:
+    """``nightowl export``: every kept example as messages JSONL (scrubbed like training data)."""
+    import time
+
+    convs = await store.training_conversations()
+    examples, report = build_examples(cfg, convs, now=time.time() if now is None else now,
+                                      count_tokens=count_tokens)
+    write_jsonl(Path(out), examples)
+    return len(examples), report

@@ -1,0 +1,207 @@
+"""The adapter registry: ``<storage>/adapters/vNNNN/`` + ``meta.json`` and an atomic ACTIVE pointer.
+
+A version folder appears only complete (staged under ``.staging-*`` and renamed into place). The
+``ACTIVE`` file holds the active version (absent or ``base`` = no adapter) and is replaced
+atomically (write a temp file, fsync, ``os.replace``). Retention keeps the newest N versions and
+never deletes the active one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.errors import AdapterError
+
+VERSION_RE = re.compile(r"^v(\d{4,})$")
+ADAPTER_FILES = ("adapter_config.json",)
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    version: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return str(self.meta.get("status", "unknown"))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Registry:
+    def __init__(self, storage_dir: Path) -> None:
+        self.root = Path(storage_dir) / "adapters"
+        self.pointer = self.root / "ACTIVE"
+
+    # ---- versions ------------------------------------------------------------------------
+    def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        found = [p.name for p in self.root.iterdir() if p.is_dir() and VERSION_RE.match(p.name)]
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def path(self, version: str) -> Path:
+        return self.root / version
+
+    def next_version(self) -> str:
+        versions = self.versions()
+        n = int(versions[-1][1:]) + 1 if versions else 1
+        return f"v{n:04d}"
+
+    def meta(self, version: str) -> dict[str, Any]:
+        try:
+            data = json.loads((self.path(version) / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def infos(self) -> list[AdapterInfo]:
+        return [AdapterInfo(v, self.path(v), self.meta(v)) for v in self.versions()]
+
+    def validate(self, version: str) -> Path:
+        """The folder of a usable adapter, or AdapterError saying what is wrong."""
+        if not VERSION_RE.match(version):
+            raise AdapterError(f"{version!r} is not an adapter version (expected like v0003); "
+                               "see `nightowl adapters`.")
+        path = self.path(version)
+        if not path.is_dir():
+            raise AdapterError(f"adapter {version} does not exist ({path} is missing); see "
+                               "`nightowl adapters` for the versions on disk.")
+        missing = [f for f in ADAPTER_FILES if not (path / f).is_file()]
+        if not any((path / f).is_file() and (path / f).stat().st_size > 0 for f in WEIGHT_FILES):
+            missing.append(WEIGHT_FILES[0])
+        if missing:
+            raise AdapterError(f"adapter {version} is incomplete or corrupt ({', '.join(missing)} "
+                               f"missing in {path}); choose another version.")
+        try:
+            cfg = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+            if not isinstance(cfg, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError) as exc:
+            raise AdapterError(f"adapter {version} is corrupt (adapter_config.json: {exc}); "
+                               "choose another version.") from exc
+        return path
+
+    # ---- writing ---------------------------------------------------------------------------
+    def staging_dir(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+
+    def register(self, staged: Path, meta: dict[str, Any]) -> str:
+        """Move a staged adapter folder into the next version with its meta.json; return it."""
+        version = self.next_version()
+        meta = {**meta, "version": version, "created_at": meta.get("created_at", time.time())}
+        _atomic_write(staged / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False,
+                                                       default=str))
+        os.replace(staged, self.path(version))
+        return version
+
+    def update_meta(self, version: str, **changes: Any) -> None:
+        meta = {**self.meta(version), **changes}
+        _atomic_write(self.path(version) / "meta.json",
+                      json.dumps(meta, indent=1, ensure_ascii=False, default=str))
+
+    def clean_staging(self) -> None:
+        if self.root.is_dir():
+            for p in self.root.glob(".staging-*"):
+                shutil.rmtree(p, ignore_errors=True)
+
+    # ---- the active pointer ------------------------------------------------------------------
+    def active(self) -> str | None:
+        try:
+            value = self.pointer.read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return None if value in ("", BASE) else value
+
+    def set_active(self, version: str | None) -> None:
+        """Point ACTIVE at ``version`` (validated) or at the base model; atomic."""
+        if version is not None:
+            self.validate(version)
+        _atomic_write(self.pointer, (version or BASE) + "\n")
+
+    def previous(self, before: str | None) -> str | None:
+        """The newest promoted version older than ``before`` (None = base)."""
+        versions = self.versions()
+        if before is None:
+            return None
+        older = [v for v in versions if int(v[1:]) < int(before[1:])]
+        for v in reversed(older):
+            if self.meta(v).get("status") in ("promoted", "active", "rolled-back-to"):
+                return v
+        return None
+
+    def plan_rollback(self, version: str | None = None) -> tuple[str | None, str | None]:
+        """(current, target) for a rollback to ``version`` (default: the previous promoted one,
+        ``base`` = no adapter). Raises AdapterError for missing or corrupt folders."""
+        old = self.active()
+        if version in (None, ""):
+            if old is None:
+                raise AdapterError("the base model is already active; nothing to roll back.")
+            target = self.previous(old)
+        elif version == BASE:
+            target = None
+        else:
+            target = version
+        if target is not None:
+            self.validate(target)
+        return old, target
+
+    def rollback(self, version: str | None = None) -> tuple[str | None, str | None]:
+        """Activate ``version`` (or the previous promoted one); returns (old, new).
+
+        Refuses missing or corrupt folders with AdapterError and keeps the current pointer.
+        """
+        old, target = self.plan_rollback(version)
+        self.set_active(target)
+        return old, target
+
+    # ---- retention -------------------------------------------------------------------------
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the newest ``keep`` versions; never the active one."""
+        active = self.active()
+        versions = self.versions()
+        doomed = [v for v in versions[:-keep] if v != active] if keep > 0 else []
+        for v in doomed:
+            shutil.rmtree(self.path(v), ignore_errors=True)
+        return doomed
+
+    def describe(self) -> str:
+        active = self.active()
+        infos = self.infos()
+        if not infos:
+            return "No adapters trained yet (the base model answers)."
+        lines = []
+        for info in infos:
+            m = info.meta
+            ev = (m.get("scores") or {}).get("heldout", {}).get("candidate", {})
+            loss = f" eval loss {ev['loss']:.3f}" if isinstance(ev.get("loss"), float) else ""
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.get("created_at", 0)))
+            mark = "* " if info.version == active else "  "
+            lines.append(f"{mark}{info.version}  {info.status:<9} {when}  parent "
+                         f"{m.get('parent') or 'base'}  {m.get('examples', '?')} examples{loss}")
+        lines.append(f"Active: {active or 'base model'}")
+        return "\n".join(lines)
