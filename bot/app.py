@@ -142,12 +142,14 @@ async def run_platforms(cfg: Config, say: Say = print,
             svc.core.metrics.serve(cfg.metrics.host, cfg.metrics.port)
             stack.callback(svc.core.metrics.close)
             say(f"Metrics: http://{cfg.metrics.host}:{cfg.metrics.port}/metrics")
-        housekeeping = asyncio.create_task(_housekeeping(svc))
-        stack.push_async_callback(_cancel, housekeeping)
+        for chore in (_housekeeping(svc), _follow_active_adapter(svc)):
+            task = asyncio.create_task(chore)
+            stack.push_async_callback(_cancel, task)
         if cfg.training.enabled and svc.learning is not None:
             from training.scheduler import NightlyScheduler
 
-            await stack.enter_async_context(NightlyScheduler(cfg, svc.learning))
+            await stack.enter_async_context(NightlyScheduler(cfg, svc.learning,
+                                                             notify=svc.core.notify_admins))
             say(f"Nightly training scheduled: '{cfg.training.schedule}'.")
         say("NightOwl is running. Press Ctrl+C to stop.")
         await stop.wait()
@@ -178,3 +180,14 @@ async def _housekeeping(svc: Services, every_s: float = 300.0) -> None:
         except Exception:
             log.exception("housekeeping failed")
         await asyncio.sleep(every_s)
+
+
+async def _follow_active_adapter(svc: Services, every_s: float = 10.0) -> None:
+    """Hot-swap when `nightowl train` / `nightowl rollback` in another process moved ACTIVE."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            if svc.learning is not None:
+                await svc.learning.sync_active()
+        except Exception:
+            log.exception("following the active adapter failed")

@@ -115,10 +115,9 @@ async def _with_store(cfg: Config, fn: Callable[..., Awaitable[int]],
 
 
 async def _with_kb(cfg: Config, action: str, *args: object) -> int:
-    from rag.knowledge import open_knowledge
-
     from bot.app import open_store
     from rag import cli as rag_cli
+    from rag.knowledge import open_knowledge
 
     async with open_store(cfg) as store:
         kb = await open_knowledge(cfg, store)
@@ -161,18 +160,30 @@ async def _restore(cfg: Config, path: str) -> int:
 
 
 async def _serve_openai(cfg: Config, host: str, port: int) -> int:
-    from llm.factory import open_model
-    from llm.openai_server import serve_forever
-
     from bot.app import prepare_environment
+    from llm.base import GenParams
+    from llm.factory import open_model
+    from llm.openai_server import serve_openai
 
     prepare_environment(cfg)
     model = await open_model(cfg, say=_say_err)
+    m = cfg.model
+    defaults = GenParams(max_new_tokens=m.max_new_tokens, temperature=m.temperature,
+                         top_p=m.top_p, repetition_penalty=m.repetition_penalty)
+    _say_err(f"Serving {model.name} at http://{host}:{port}/v1 (Ctrl+C to stop).")
     try:
-        await serve_forever(model, host, port)
+        await serve_openai(model, host, port, defaults=defaults)
     finally:
         await model.aclose()
     return 0
+
+
+async def _sync(fn: Callable[..., int], *args: object) -> int:
+    """Run a blocking command function in a thread (keeps dispatch uniformly async)."""
+    from bot.app import prepare_environment
+
+    prepare_environment(args[0])  # type: ignore[arg-type]
+    return await asyncio.to_thread(fn, *args)
 
 
 def _say(text: str) -> None:
@@ -208,12 +219,12 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> Coroutine[object, object,
         if cmd == "train":
             return _with_store(cfg, tcli.cmd_train)
         if cmd == "adapters":
-            return tcli.cmd_adapters(cfg)
+            return _sync(tcli.cmd_adapters, cfg)
         if cmd == "rollback":
-            return tcli.cmd_rollback(cfg, args.version)
+            return _sync(tcli.cmd_rollback, cfg, args.version)
         if cmd == "export":
             return _with_store(cfg, tcli.cmd_export, args.out)
-        return tcli.cmd_export_model(cfg, args.out_dir, args.merged, args.gguf)
+        return _sync(tcli.cmd_export_model, cfg, args.out_dir, args.merged, args.gguf)
     if cmd == "backup":
         return _backup(cfg, args.path)
     if cmd == "restore":

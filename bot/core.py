@@ -389,7 +389,14 @@ class Core:
         user = await self.store.get_user(inc.platform, inc.user_id)
         if user is None:
             return CommandResult("There is nothing stored about you.")
+        texts = await self.store.user_texts(user.id)
         counts = await self.store.forget_user(user.id)
+        purge = getattr(self.learning, "purge_texts", None)
+        if purge is not None:
+            try:
+                await purge(texts)
+            except Exception:
+                log.exception("could not purge dataset files of a forgotten user")
         uploads: list[str] = []
         remove = getattr(self.knowledge, "remove_by_uploader", None)
         if remove is not None:

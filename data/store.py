@@ -183,6 +183,14 @@ class Store:
             await db.execute("UPDATE users SET blocked_bot = ? WHERE id = ?",
                              (int(blocked), user_id))
 
+    async def user_texts(self, user_id: int) -> list[str]:
+        """Every message and correction text of a user's conversations (for /forget purges)."""
+        rows = await self.db.execute_fetchall(
+            "SELECT m.text FROM messages m JOIN conversations c ON m.conversation_id = c.id "
+            "WHERE c.user_id = ? UNION SELECT text FROM corrections WHERE user_id = ?",
+            (user_id, user_id))
+        return [str(r[0]) for r in rows]
+
     async def forget_user(self, user_id: int) -> dict[str, int]:
         """Delete the user and everything that cascades from them; return counts deleted."""
         async with self.transaction() as db:

@@ -61,8 +61,8 @@ def ensure_embedded_model(storage_dir: Path,
     model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name,
                                                  dtype=torch.bfloat16)
     # The GGUF-loaded model refuses to save while marked as quantized; it is fully dequantized.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute)
+    setattr(model, "is_quantized", False)  # noqa: B010
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
