@@ -97,12 +97,34 @@ async def _ask(cfg: Config, question: str, as_json: bool) -> int:
 
 
 async def _status(cfg: Config) -> int:
-    from bot.app import open_services
+    """Status without loading the model: store, adapters, knowledge base, last training run."""
+    from bot.app import open_store
+    from training.registry import Registry
 
-    async with open_services(cfg, say=_say_err) as svc:
-        print(await svc.core.status_text())
-        problems = await svc.store.integrity_check()
-        print(f"Database: {problems}")
+    async with open_store(cfg) as store:
+        stats = await store.stats()
+        registry = Registry(cfg.storage.path)
+        print(f"Model: {cfg.model.name} ({cfg.model.backend} backend)")
+        print(f"Active adapter: {registry.active() or 'base'} "
+              f"({len(registry.versions())} versions on disk)")
+        if cfg.rag.enabled:
+            sources = await store.kb_sources()
+            chunks = sum(int(s["chunks"]) for s in sources)
+            print(f"Knowledge: {len(sources)} sources, {chunks} chunks")
+        print(f"Conversations: {stats['conversations']}, messages: {stats['messages']}, "
+              f"users: {stats['users']}, feedback: {stats['feedback']}, "
+              f"corrections: {stats['corrections']}")
+        runs = await store.runs(1)
+        if runs:
+            r = runs[0]
+            print(f"Last training run: #{r['id']} {r['status']} {r['version'] or ''} "
+                  f"{r['summary']}".rstrip())
+        else:
+            print("Last training run: none")
+        pending = len(await store.pending_messages())
+        if pending:
+            print(f"Unanswered messages waiting for recovery: {pending}")
+        print(f"Database: {await store.integrity_check()}")
     return 0
 
 

@@ -26,6 +26,7 @@ class Metrics:
                               "1 if the last training run promoted an adapter, 0 if not",
                               registry=r)
         self._server: Any = None
+        self.port = 0
 
     def observe_model(self, stats: dict[str, Any], adapter: str | None) -> None:
         self.queue.set(float(stats.get("queue", 0) or 0))
@@ -36,6 +37,7 @@ class Metrics:
         """Serve /metrics on a daemon thread (prometheus_client's own server)."""
         server, thread = _start_http_server(port, addr=host, registry=self.registry)
         self._server = (server, thread)
+        self.port = int(server.server_port)
 
     def close(self) -> None:
         if self._server is not None:

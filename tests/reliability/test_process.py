@@ -183,6 +183,11 @@ async def test_load_100_users_x5_messages_all_answered_or_politely_limited(
     assert rss_kb < 2_000_000, f"RSS {rss_kb} kB"
     stored = rows(tmp_path, "SELECT COUNT(*) FROM messages WHERE status = 'pending'")
     assert stored == [(0,)]
+    # the bot token never reaches a log, the database or any file in the storage dir
+    for path in (tmp_path / "var").rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert TOKEN.encode() not in path.read_bytes(), path
+    assert TOKEN not in text
     # a benchmark figure, not a timed assertion
     print(json.dumps({"load_messages": 500, "elapsed_s": round(elapsed, 2),
                       "p50_s": round(statistics.median(latencies), 3),

@@ -65,3 +65,13 @@ def test_backup_and_restore_round_trip(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["--config", str(p), "restore", str(bad)]) == 2
     assert asyncio.run(users()) == ["before"]  # a bad backup never replaces the database
     assert main(["--config", str(p), "restore", str(tmp_path / "missing.db")]) == 2
+
+
+def test_status_is_cheap_and_complete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(f'[storage]\ndir = "{tmp_path / "var"}"\n')
+    assert main(["--config", str(p), "status"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("Model: embedded (local backend)", "Active adapter: base", "Knowledge: 0",
+                   "Last training run: none", "Database: ok"):
+        assert needle in out

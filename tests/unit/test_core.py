@@ -227,3 +227,16 @@ async def test_redelivered_message_is_not_stored_or_answered_twice(core: Core, s
     again = await core.handle(inc, r)
     assert first.answer_id and again.answer_id is None and not r.started
     assert len(model.calls) == 1 and (await store.stats())["messages"] == 2
+
+
+async def test_metrics_count_answers_and_refusals(cfg: Config, store: Store) -> None:
+    from prometheus_client import generate_latest
+
+    core = Core(cfg.replace(limits__user_burst=1, limits__user_messages_per_minute=1.0), store,
+                FakeChatModel(), None)
+    await core.handle(msg("one"), CollectingRenderer())
+    await core.handle(msg("two"), CollectingRenderer())
+    text = generate_latest(core.metrics.registry).decode()
+    assert 'nightowl_requests_total{outcome="ok",platform="terminal"} 1.0' in text
+    assert 'nightowl_requests_total{outcome="rate_limited",platform="terminal"} 1.0' in text
+    assert "nightowl_answer_latency_seconds_count" in text

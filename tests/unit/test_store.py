@@ -151,3 +151,17 @@ async def test_concurrent_writers_do_not_interleave_transactions(store: Store) -
     await asyncio.gather(*(write(i) for i in range(50)))
     assert (await store.stats())["messages"] == 100
     assert await store.pending_messages() == []
+
+
+async def test_retention_deletes_only_old_conversations(store: Store) -> None:
+    user = await store.ensure_user("terminal", "ret")
+    old = await store.active_conversation(user.id, "terminal", "old")
+    await store.add_message(old, "user", "ancient")
+    new = await store.active_conversation(user.id, "terminal", "new")
+    await store.add_message(new, "user", "fresh")
+    await store.db.execute("UPDATE messages SET created_at = 1000 WHERE conversation_id = ?",
+                           (old,))
+    await store.db.execute("UPDATE conversations SET started_at = 1000 WHERE id = ?", (old,))
+    assert await store.delete_older_than(5000) == 1
+    rows = list(await store.db.execute_fetchall("SELECT text FROM messages"))
+    assert rows == [("fresh",)]
