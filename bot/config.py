@@ -159,6 +159,8 @@ class DiscordConfig:
     max_attachment_mb: float = _f(20.0, 0.001, 2000.0)
     ready_timeout_s: float = _f(60.0, 1.0, 3600.0)
     guild_ready_timeout_s: float = _f(2.0, 0.0, 60.0)
+    api_base_url: str = ""
+    gateway_url: str = ""
 
 
 @dataclass(frozen=True)

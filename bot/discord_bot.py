@@ -18,6 +18,8 @@ from types import TracebackType
 from typing import Any
 
 import discord
+import discord.gateway
+import discord.http
 from discord.ext import commands
 
 from bot.config import Config
@@ -115,6 +117,7 @@ class DiscordBot:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> DiscordBot:
+        self._point_at_api()
         try:
             await self.client.login(self.token)
         except discord.LoginFailure as exc:
@@ -137,6 +140,15 @@ class DiscordBot:
         user = self.client.user
         log.info("Discord ready as %s (%s guilds)", user, len(self.client.guilds))
         return self
+
+    def _point_at_api(self) -> None:
+        """Use a Discord-compatible API/gateway when configured ([discord] api_base_url)."""
+        import yarl
+
+        if self.dc.api_base_url:
+            discord.http.Route.BASE = self.dc.api_base_url.rstrip("/")
+        if self.dc.gateway_url:
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.dc.gateway_url)
 
     def _start_error(self) -> NightOwlError:
         task = self._task

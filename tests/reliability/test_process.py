@@ -48,9 +48,12 @@ request_timeout_s = 5.0
     return path
 
 
-async def start(cfg: Path, log: Path) -> asyncio.subprocess.Process:
+async def start(cfg: Path, log: Path, discord_token: str | None = None
+                ) -> asyncio.subprocess.Process:
     env = {**os.environ, "TELEGRAM_BOT_TOKEN": TOKEN, "NIGHTOWL_CONFIG": str(cfg)}
     env.pop("DISCORD_BOT_TOKEN", None)
+    if discord_token:
+        env["DISCORD_BOT_TOKEN"] = discord_token
     out = log.open("ab")
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot.cli", "run", cwd=ROOT, env=env, stdout=out, stderr=out,
@@ -139,28 +142,47 @@ async def test_sigkill_mid_answer_then_restart_answers_once(tmp_path: Path,
 
 
 @pytest.mark.slow
-async def test_load_100_users_x5_messages_all_answered_or_politely_limited(
+async def test_load_100_users_x5_messages_across_both_platforms(
         tmp_path: Path, fake: FakeTelegramAPI) -> None:
-    cfg = write_config(tmp_path, fake, 'backend = "fake"')
+    from tests.fakes.discord_api import FakeDiscord
+
+    dc = FakeDiscord()
+    await dc.start()
+    cfg = write_config(tmp_path, fake, 'backend = "fake"', extra=f"""
+[discord]
+api_base_url = "{dc.url}/api/v10"
+gateway_url = "ws://127.0.0.1:{dc.port}/"
+guild_ready_timeout_s = 0.1
+stream_edit_interval_s = 0.3
+""")
     log = tmp_path / "run.log"
-    users = [fake.user(10_000 + i, f"U{i}") for i in range(100)]
-    chats = [fake.private(u) for u in users]
-    proc = await start(cfg, log)
-    sent_at: dict[int, list[float]] = {}
+    tg_users = [fake.user(10_000 + i, f"U{i}") for i in range(50)]
+    tg_chats = [fake.private(u) for u in tg_users]
+    dc_users = [dc.add_user(f"d{i}") for i in range(50)]
+    dc_chats = [dc.dm_channel_for(u)["id"] for u in dc_users]
+    proc = await start(cfg, log, discord_token=dc.valid_token)
+    sent_at: dict[str, list[float]] = {}
     try:
-        await wait_until(lambda: fake.calls_of("getUpdates"), 120, "polling to start")
+        await wait_until(lambda: "Telegram: connected." in log.read_text()
+                         and "Discord: connected." in log.read_text(), 180, "both platforms")
         started = time.monotonic()
         for round_ in range(5):
-            for u, c in zip(users, chats, strict=True):
+            for u, c in zip(tg_users, tg_chats, strict=True):
                 fake.push(fake.text(c, u, f"question {round_} from {u['first_name']}"))
-                sent_at.setdefault(u["id"], []).append(time.monotonic())
+                sent_at.setdefault(f"tg{u['id']}", []).append(time.monotonic())
+            for u, ch in zip(dc_users, dc_chats, strict=True):
+                await dc.user_message(u, f"question {round_} from {u['username']}", dm=True)
+                sent_at.setdefault(f"dc{ch}", []).append(time.monotonic())
             await asyncio.sleep(1.0)
 
-        def replies(uid: int) -> int:
-            return len(fake.chat_messages(uid))
+        def dc_replies(ch: str) -> list[dict[str, object]]:
+            return [m for m in dc.channel_messages(ch)
+                    if m["author"]["id"] == dc.bot["id"] and (m["components"] or
+                                                              "wait" in str(m["content"]))]
 
-        await wait_until(lambda: all(replies(u["id"]) >= 5 for u in users), 120,
-                         "a reply to every message")
+        await wait_until(lambda: all(len(fake.chat_messages(u["id"])) >= 5 for u in tg_users)
+                         and all(len(dc_replies(ch)) >= 5 for ch in dc_chats), 240,
+                         "a reply to every message on both platforms")
         elapsed = time.monotonic() - started
         rss_kb = 0
         for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
@@ -168,28 +190,39 @@ async def test_load_100_users_x5_messages_all_answered_or_politely_limited(
                 rss_kb = int(line.split()[1])
     finally:
         code = await stop(proc, fake)
+        await dc.stop()
     assert code == 0
     text = log.read_text()
     assert "Traceback" not in text and " ERROR " not in text, text[-3000:]
+    assert not dc.violations, dc.violations
     latencies = []
-    for u in users:
+    for u in tg_users:
         msgs = fake.chat_messages(u["id"])
         assert len(msgs) == 5, [m.text for m in msgs]  # exactly one reply per message
         for m in msgs:
             assert m.text.startswith("You said: question") or "please wait" in m.text, m.text
         firsts = sorted(c.at for c in fake.calls_of("sendMessage")
                         if str(c.params.get("chat_id")) == str(u["id"]))
-        latencies += [f - s for s, f in zip(sent_at[u["id"]], firsts, strict=True)]
+        latencies += [f - s for s, f in zip(sent_at[f"tg{u['id']}"], firsts, strict=True)]
+    for ch in dc_chats:
+        replies = dc_replies(ch)
+        assert len(replies) == 5, [m["content"] for m in replies]
+        for m in replies:
+            content = str(m["content"])
+            assert content.startswith("You said: question") or "wait" in content, content
     assert rss_kb < 2_000_000, f"RSS {rss_kb} kB"
     stored = rows(tmp_path, "SELECT COUNT(*) FROM messages WHERE status = 'pending'")
     assert stored == [(0,)]
-    # the bot token never reaches a log, the database or any file in the storage dir
+    platforms = dict(rows(tmp_path, "SELECT platform, COUNT(*) FROM users GROUP BY platform"))
+    assert platforms == {"telegram": 50, "discord": 50}
+    # the bot tokens never reach a log, the database or any file in the storage dir
     for path in (tmp_path / "var").rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
-            assert TOKEN.encode() not in path.read_bytes(), path
+            data = path.read_bytes()
+            assert TOKEN.encode() not in data and dc.valid_token.encode() not in data, path
     assert TOKEN not in text
     # a benchmark figure, not a timed assertion
     print(json.dumps({"load_messages": 500, "elapsed_s": round(elapsed, 2),
-                      "p50_s": round(statistics.median(latencies), 3),
-                      "p95_s": round(statistics.quantiles(latencies, n=20)[18], 3),
+                      "telegram_p50_s": round(statistics.median(latencies), 3),
+                      "telegram_p95_s": round(statistics.quantiles(latencies, n=20)[18], 3),
                       "rss_mb": rss_kb // 1024}))
