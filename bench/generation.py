@@ -1,0 +1,230 @@
+"""Generation benchmark: single stream, 8 and 32 concurrent chats, naive loop. Prints ONE JSON line.
+
+    python bench/generation.py                       # embedded model through LocalChatModel
+    python bench/generation.py --backend openai --base-url http://127.0.0.1:8000/v1 --model NAME
+    python bench/generation.py --compare-llamacpp    # also llama-cpp-python's server (8 slots)
+
+Prompts are ~200 tokens (chat template included); answers are sampled with the default
+settings (temperature 0.3, top-p 0.9, repetition penalty 1.2, fixed seeds) up to --new-tokens.
+tok/s counts completion tokens; aggregate figures divide by the wall time from the first
+submission to the last token, TTFT is the time from submission to the first streamed text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.config import ModelConfig  # noqa: E402
+from llm.base import ChatMessage, ChatModel, GenParams, StreamInfo  # noqa: E402
+
+TOPICS = ["owls", "bread", "rivers", "volcanoes", "chess", "bicycles", "tea", "glaciers",
+          "libraries", "bees", "lighthouses", "comets", "gardens", "trains", "whales", "clocks"]
+FILLER = ("NightOwl keeps its notes in a small knowledge base. Each note has a title, a short "
+          "body and a source line. The assistant reads the notes before it answers and cites "
+          "them with numbers in square brackets. ")
+
+
+def prompts(n: int, count_tokens: Any, target: int = 200) -> list[list[ChatMessage]]:
+    """``n`` distinct ~``target``-token chats (each has its own context: no shared prefix
+    beyond the first words of the system prompt, so no prefix reuse can flatter the figures)."""
+    out = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        words = " ".join(f"({topic} {k}) {FILLER}" for k in range(8)).split(" ")
+        msgs: list[ChatMessage] = []
+        for n in range(0, len(words), 4):
+            ctx = f"Note {i} is about {topic}. " + " ".join(words[:n])
+            msgs = [{"role": "system", "content": f"You are a helpful assistant.\n{ctx}"},
+                    {"role": "user", "content": f"Question {i}: tell me about {topic}."}]
+            if count_tokens(msgs) >= target:
+                break
+        out.append(msgs)
+    return out
+
+
+async def run_one(model: ChatModel, msgs: list[ChatMessage], params: GenParams
+                  ) -> dict[str, float]:
+    info = StreamInfo()
+    start = time.perf_counter()
+    first = last = 0.0
+    async for delta in model.stream(msgs, params, info=info):
+        if delta and not first:
+            first = time.perf_counter()
+        last = time.perf_counter()
+    n = info.completion_tokens
+    decode = (n - 1) / (last - first) if n > 1 and last > first else 0.0
+    return {"ttft": (first or last) - start, "tokens": n, "end": last, "start": start,
+            "decode_tok_s": decode}
+
+
+async def concurrent(model: ChatModel, batch: list[list[ChatMessage]], params: list[GenParams]
+                     ) -> dict[str, float]:
+    t0 = time.perf_counter()
+    res = await asyncio.gather(*(run_one(model, m, p) for m, p in zip(batch, params,
+                                                                       strict=True)))
+    wall = max(r["end"] for r in res) - t0
+    ttfts = sorted(r["ttft"] for r in res)
+    return {"tok_s": sum(r["tokens"] for r in res) / wall, "wall": wall,
+            "p50": statistics.median(ttfts), "p95": ttfts[min(len(ttfts) - 1,
+                                                              int(0.95 * len(ttfts)))]}
+
+
+def params_for(i: int, new_tokens: int) -> GenParams:
+    return GenParams(max_new_tokens=new_tokens, temperature=0.3, top_p=0.9,
+                     repetition_penalty=1.2, seed=1000 + i)
+
+
+async def measure(model: ChatModel, new_tokens: int, naive: Any) -> dict[str, Any]:
+    ps = prompts(32, model.count_tokens)
+    await run_one(model, ps[0], params_for(0, 4))  # warm-up
+    singles = [await run_one(model, ps[i], params_for(i, new_tokens)) for i in range(3)]
+    single_tok_s = statistics.median(r["decode_tok_s"] for r in singles)
+    ttft_single = statistics.median(r["ttft"] for r in singles)
+    c8 = await concurrent(model, ps[:8], [params_for(i, new_tokens) for i in range(8)])
+    c32 = await concurrent(model, ps[:32], [params_for(i, new_tokens) for i in range(32)])
+    naive_tok_s = await naive(ps[:8], [params_for(i, new_tokens) for i in range(8)])
+    return {
+        "single_tok_s": round(single_tok_s, 1), "ttft_single_s": round(ttft_single, 3),
+        "concurrent8_tok_s": round(c8["tok_s"], 1), "concurrent32_tok_s": round(c32["tok_s"], 1),
+        "ttft8_p50_s": round(c8["p50"], 3), "ttft8_p95_s": round(c8["p95"], 3),
+        "ttft32_p50_s": round(c32["p50"], 3), "ttft32_p95_s": round(c32["p95"], 3),
+        "naive_tok_s": round(naive_tok_s, 1),
+        "speedup_vs_single": round(c8["tok_s"] / single_tok_s, 2) if single_tok_s else None,
+        "speedup_vs_naive": round(c8["tok_s"] / naive_tok_s, 2) if naive_tok_s else None,
+        "prompt_tokens": model.count_tokens(ps[0]), "new_tokens": new_tokens,
+    }
+
+
+def hf_naive(model: Any) -> Any:
+    """One ``generate`` per request, sequentially (the baseline the service must beat)."""
+    async def run(batch: list[list[ChatMessage]], params: list[GenParams]) -> float:
+        import torch
+
+        hf, tok = model._model, model._tok
+
+        def work() -> float:
+            tokens, t0 = 0, time.perf_counter()
+            with torch.inference_mode():
+                for msgs, p in zip(batch, params, strict=True):
+                    ids = tok.apply_chat_template(msgs, add_generation_prompt=True,
+                                                  return_tensors="pt", return_dict=True)
+                    torch.manual_seed(p.seed or 0)
+                    out = hf.generate(**ids, max_new_tokens=p.max_new_tokens, do_sample=True,
+                                      temperature=p.temperature, top_p=p.top_p,
+                                      repetition_penalty=p.repetition_penalty)
+                    tokens += out.shape[1] - ids["input_ids"].shape[1]
+            return tokens / (time.perf_counter() - t0)
+
+        return await asyncio.to_thread(work)
+    return run
+
+
+def sequential_naive(model: ChatModel) -> Any:
+    async def run(batch: list[list[ChatMessage]], params: list[GenParams]) -> float:
+        tokens, t0 = 0, time.perf_counter()
+        for msgs, p in zip(batch, params, strict=True):
+            tokens += int((await run_one(model, msgs, p))["tokens"])
+        return tokens / (time.perf_counter() - t0)
+    return run
+
+
+async def bench_openai(base_url: str, name: str, new_tokens: int) -> dict[str, Any]:
+    from llm.openai_backend import OpenAIChatModel
+
+    cfg = ModelConfig(backend="openai", base_url=base_url, name=name, max_queue=1000)
+    model = OpenAIChatModel(cfg)
+    try:
+        return await measure(model, new_tokens, sequential_naive(model))
+    finally:
+        await model.aclose()
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    if args.backend == "openai":
+        result = await bench_openai(args.base_url, args.model, args.new_tokens)
+        result["backend"] = f"openai {args.base_url}"
+        return result
+    from llm.local import LocalChatModel
+
+    cfg = ModelConfig(max_batch_size=args.batch, max_queue=1000, threads=args.threads)
+    model = await LocalChatModel.open(cfg, Path(args.storage), say=lambda s: None)
+    try:
+        result = await measure(model, args.new_tokens, hf_naive(model))
+    finally:
+        await model.aclose()
+    result["backend"] = f"local batch={args.batch}"
+    if args.compare_llamacpp:
+        result.update(await compare_llamacpp(args, result))
+    return result
+
+
+async def compare_llamacpp(args: argparse.Namespace, ours: dict[str, Any]) -> dict[str, Any]:
+    if importlib.util.find_spec("llama_cpp") is None:
+        return {"llamacpp": "skipped: llama-cpp-python is not installed (pip install "
+                            "'llama-cpp-python[server]' builds it from source in ~5 min)"}
+    import socket
+
+    import httpx
+
+    from llm.embedded import gguf_path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--port",
+        str(port), "--n_ctx", "8192", "--n_parallel", "8", "--n_threads",
+        str(os.cpu_count() or 1), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(120):
+                try:
+                    await client.get(f"http://127.0.0.1:{port}/v1/models", timeout=1.0)
+                    break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.5)
+        theirs = await bench_openai(f"http://127.0.0.1:{port}/v1", "embedded", args.new_tokens)
+    finally:
+        proc.terminate()
+        await proc.wait()
+    return {"llamacpp8_tok_s": theirs["concurrent8_tok_s"],
+            "llamacpp_ttft8_p50_s": theirs["ttft8_p50_s"],
+            "ratio_vs_llamacpp": round(ours["concurrent8_tok_s"] / theirs["concurrent8_tok_s"], 2)
+            if theirs["concurrent8_tok_s"] else None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backend", choices=("local", "openai"), default="local")
+    ap.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    ap.add_argument("--model", default="embedded", help="model name sent to an openai server")
+    ap.add_argument("--storage", default=str(ROOT / "var"), help="storage dir (model cache)")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32, help="max_batch_size of the local service")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--compare-llamacpp", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    if args.compare_llamacpp and importlib.util.find_spec("llama_cpp") is None:
+        print("note: --compare-llamacpp needs llama-cpp-python (pip install "
+              "'llama-cpp-python[server]'); running without the comparison", file=sys.stderr)
+    print(json.dumps(asyncio.run(main_async(args))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
