@@ -37,6 +37,7 @@ def prepare_environment(cfg: Config) -> None:
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MPLCONFIGDIR", str(root / "mpl"))
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bars in chat
 
 
 def db_path(cfg: Config) -> Path:
