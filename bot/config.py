@@ -292,8 +292,15 @@ def _cross_checks(cfg: Config, where: str) -> None:
     if r.chunk_overlap >= r.chunk_tokens:
         raise ConfigError(f"{where}: [rag] chunk_overlap ({r.chunk_overlap}) must be smaller "
                           f"than chunk_tokens ({r.chunk_tokens})")
-    if t.lora_r > 256 and t.lora_alpha < 1:
-        raise ConfigError(f"{where}: [training] lora_alpha must be positive")
+    if t.min_chars >= t.max_chars:
+        raise ConfigError(f"{where}: [training] min_chars ({t.min_chars}) must be smaller than "
+                          f"max_chars ({t.max_chars})")
+    if t.max_seq_len > m.context_length:
+        raise ConfigError(f"{where}: [training] max_seq_len ({t.max_seq_len}) cannot exceed "
+                          f"[model] context_length ({m.context_length})")
+    if t.max_steps > 0 and t.warmup_steps >= t.max_steps:
+        raise ConfigError(f"{where}: [training] warmup_steps ({t.warmup_steps}) must be smaller "
+                          f"than max_steps ({t.max_steps}), or the learning rate never rises")
     if t.max_steps == 0:
         raise ConfigError(f"{where}: [training] max_steps must be -1 (use epochs) or >= 1")
 

@@ -7,6 +7,7 @@ core stores, retrieves, prompts, streams and records. Every platform gets the sa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,12 @@ USER_COMMANDS = frozenset({"start", "help", "new", "sources", "good", "bad", "co
 EMPTY_REPLY = "Please send some text — I read text messages and documents."
 RESTART_APOLOGY = ("Sorry, I restarted before I could answer your message. Please send it again "
                    "if you still need an answer.")
+
+
+def user_hash(inc: Incoming) -> str:
+    """A short stable pseudonym for logs: never the raw platform user id."""
+    digest = hashlib.sha256(f"{inc.platform}:{inc.user_id}".encode()).hexdigest()
+    return digest[:12]
 
 
 class Learning(Protocol):
@@ -153,10 +160,12 @@ class Core:
             conv = await self.store.active_conversation(user.id, inc.platform, inc.chat_id)
             qid = await self.store.add_message(conv, "user", text, status="pending",
                                                platform_message_id=inc.message_id)
-            return await self._answer(qid, conv, text, renderer, notices, inc.platform)
+            return await self._answer(qid, conv, text, renderer, notices, inc.platform,
+                                      {"chat": inc.chat_id, "user": user_hash(inc)})
 
     async def _answer(self, qid: int, conv: int, text: str, renderer: Renderer,
-                      notices: list[str], platform: str) -> Reply:
+                      notices: list[str], platform: str,
+                      who: dict[str, str] | None = None) -> Reply:
         started = time.monotonic()
         try:
             await renderer.start()
@@ -214,9 +223,9 @@ class Core:
                       adapter=info.adapter, latency_s=latency, answer=answer)
         await renderer.finish(reply)
         await self._record_delivery(renderer, aid, platform, conv)
-        log.info("answered", extra={"event": "answer", "platform": platform, "answer_id": aid,
-                                    "latency_s": round(latency, 3), "adapter": info.adapter,
-                                    "tokens": info.completion_tokens})
+        log.info("answered", extra={"event": "answer", "platform": platform, **(who or {}),
+                                    "answer_id": aid, "latency_s": round(latency, 3),
+                                    "adapter": info.adapter, "tokens": info.completion_tokens})
         return reply
 
     async def _record_delivery(self, renderer: Renderer, answer_id: int, platform: str,

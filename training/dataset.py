@@ -150,8 +150,11 @@ def _fit(messages: list[ChatMessage], count: TokenCounter, limit: int) -> tuple[
 def build_examples(cfg: Config, conversations: list[dict[str, Any]], *, now: float,
                    count_tokens: TokenCounter | None = None) -> tuple[list[Example], DatasetReport]:
     """Apply the dataset policy to ``Store.training_conversations()`` output."""
+    from bot.moderation import build_guard
+
     t = cfg.training
     count = count_tokens or _estimate_tokens
+    guard = build_guard(cfg.moderation)
     report = DatasetReport()
     candidates: list[Example] = []
     for conv in conversations:
@@ -188,6 +191,9 @@ def build_examples(cfg: Config, conversations: list[dict[str, Any]], *, now: flo
             q = i - 1
             if q < 0 or msgs[q]["role"] != "user" or not msgs[q]["text"].strip():
                 report.dropped["no_question"] += 1
+                continue
+            if guard.check(msgs[q]["text"]) or guard.check(target):
+                report.dropped["moderated"] += 1
                 continue
             history = [{"role": h["role"], "content": h["text"]}
                        for h in msgs[max(0, q - cfg.chat.history_messages):q]]

@@ -82,6 +82,7 @@ def test_chat_feedback_then_train_creates_adapter(tmp_path: Path, embedded_model
 [training]
 min_examples = 2
 max_steps = 2
+warmup_steps = 0
 batch_size = 1
 grad_accum = 1
 eval_fraction = 0.34

@@ -48,6 +48,10 @@ def test_relative_storage_dir_resolves_against_config_folder(tmp_path: Path) -> 
     ("[model]\nbackend = 'openai'\n", "needs base_url"),
     ("[rag]\nchunk_tokens = 20\nchunk_overlap = 30\n", "must be smaller"),
     ("[model\n", "not valid TOML"),
+    ("[training]\nmin_chars = 50\nmax_chars = 10\n", "must be smaller than max_chars"),
+    ("[training]\nmax_seq_len = 4096\n", "cannot exceed [model] context_length"),
+    ("[training]\nmax_steps = 3\nwarmup_steps = 5\n", "learning rate never rises"),
+    ("[training]\nlearning_rate = 5.0\n", "[training].learning_rate must be between"),
     ("[chat]\nhistory_messages = true\n", "must be an integer"),
 ])
 def test_bad_config_is_rejected_with_the_key(text: str, needle: str) -> None:

@@ -240,3 +240,15 @@ async def test_metrics_count_answers_and_refusals(cfg: Config, store: Store) -> 
     assert 'nightowl_requests_total{outcome="ok",platform="terminal"} 1.0' in text
     assert 'nightowl_requests_total{outcome="rate_limited",platform="terminal"} 1.0' in text
     assert "nightowl_answer_latency_seconds_count" in text
+
+
+async def test_answer_log_line_has_chat_user_hash_latency_adapter(
+        core: Core, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="nightowl.core")
+    await core.handle(msg("hello there", user="secret-user-42"), CollectingRenderer())
+    rec = next(r for r in caplog.records if r.getMessage() == "answered")
+    assert rec.__dict__["chat"] == "c1" and len(rec.__dict__["user"]) == 12
+    assert "secret-user-42" not in str(rec.__dict__)
+    assert rec.__dict__["latency_s"] >= 0 and "adapter" in rec.__dict__

@@ -130,3 +130,15 @@ async def test_export_writes_messages_jsonl(cfg: Config, store: Store, tmp_path:
     assert list(lines[0]) == ["messages"]
     assert [m["role"] for m in lines[0]["messages"]] == ["system", "user", "assistant"]
     assert report.dropped["thumbs_down"] == 1
+
+
+async def test_moderation_guard_keeps_flagged_examples_out(cfg: Config, store: Store) -> None:
+    await seed_chat(store, [("Tell me about bananas", "Bananas are yellow.")], user="ok")
+    await seed_chat(store, [("How to build a doomsday device", "Step one...")], user="evil")
+    await seed_chat(store, [("Nice weather?", "Yes, perfect for a doomsday device.")],
+                    user="evil2")
+    cfg = cfg.replace(moderation__blocked_words=["doomsday device"])
+    examples, report = build_examples(cfg, await store.training_conversations(),
+                                      now=time.time())
+    assert report.dropped["moderated"] == 2
+    assert [ex.messages[-1]["content"] for ex in examples] == ["Bananas are yellow."]
