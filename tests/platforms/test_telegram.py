@@ -559,3 +559,20 @@ async def test_forbidden_is_recorded_in_the_store(tmp_path: Path, fake: FakeTele
                 break
             await asyncio.sleep(0.01)
         assert await env.db("SELECT blocked_bot FROM users") == [(0,)]
+
+
+async def test_server_errors_mid_stream_still_deliver_one_complete_answer(
+        tmp_path: Path, fake: FakeTelegramAPI, caplog: pytest.LogCaptureFixture) -> None:
+    model = FakeChatModel(words_responder(80), delay_s=0.02)
+    async with running(tmp_path, fake, model=model) as env:
+        user = fake.user(USER)
+        fake.fail("editMessageText", 502, times=3)
+        fake.fail("editMessageText", 429, retry_after=1)
+        await env.send(fake.text(fake.private(user), user, "stream through the storm"))
+        statuses = [c.status for c in fake.calls_of("editMessageText", ok_only=False)]
+        assert 502 in statuses and 429 in statuses and statuses[-1] == 200
+        msgs = fake.chat_messages(USER)
+        assert len(msgs) == 1  # delivered once, not duplicated by retries
+        assert msgs[0].text == " ".join(f"word{i}" for i in range(80)) + "." and buttons(msgs[0])
+        rows = await env.db("SELECT role, status FROM messages ORDER BY id")
+        assert rows == [("user", "done"), ("assistant", "done")]
