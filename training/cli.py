@@ -20,8 +20,7 @@ async def cmd_train(cfg: Config, store: Any) -> int:
     if result.plot is not None:
         print(f"Plot: {result.plot}")
     if result.status == "promoted":
-        print("A running bot picks the new adapter up on restart, or use /rollback "
-              f"{result.version} in chat to switch it now.")
+        print("A running `nightowl run` switches to it within about 10 seconds.")
     return 1 if result.status == "failed" else 0
 
 
@@ -39,7 +38,7 @@ def cmd_rollback(cfg: Config, version: str | None) -> int:
         print(f"Rollback refused: {exc}", file=sys.stderr)
         return 1
     print(f"Active adapter is now {new or 'the base model'} (was {old or 'base'}). A running "
-          "bot switches on restart; /rollback in chat switches it immediately.")
+          "`nightowl run` switches within about 10 seconds.")
     return 0
 
 

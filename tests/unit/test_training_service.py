@@ -130,3 +130,19 @@ async def test_start_with_corrupt_active_keeps_base_and_fails_stale_runs(
     assert "base model" in caplog.text
     runs = await store.runs()
     assert runs[0]["id"] == run_id and runs[0]["status"] == "failed"
+
+
+async def test_sync_active_follows_a_pointer_moved_by_another_process(cfg: Config,
+                                                                      store: Store) -> None:
+    model = FakeChatModel()
+    svc = LearningService(cfg, store, model)
+    reg = Registry(cfg.storage.path)
+    v1 = _adapter(reg)
+    assert await svc.sync_active() is None  # nothing active yet: nothing to do
+    reg.set_active(v1)  # what `nightowl train` / `nightowl rollback` in another process does
+    assert await svc.sync_active() == v1 and model.active_adapter == v1
+    assert await svc.sync_active() is None  # already in sync
+    v2 = _adapter(reg)
+    reg.set_active(v2)
+    (reg.path(v2) / "adapter_config.json").unlink()  # corrupt: refused, v1 kept
+    assert await svc.sync_active() is None and model.active_adapter == v1
