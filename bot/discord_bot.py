@@ -27,6 +27,7 @@ from bot.core import Core
 from bot.discord_render import (
     KNOWN_COMPONENTS,
     ChannelRenderer,
+    RecoveryRenderer,
     feedback_view,
     is_known_component,
     split_text,
@@ -111,6 +112,7 @@ class DiscordBot:
         self._thread_starters: dict[int, int] = {}
         self._warned: set[tuple[int, str]] = set()
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._recovery: asyncio.Task[int] | None = None
         from bot.discord_commands import register_commands
 
         register_commands(self)
@@ -137,6 +139,7 @@ class DiscordBot:
             ready.cancel()
             await self._abort(self._start_error())
         self.core.add_admin_notifier(self.notify_admins)
+        self._recovery = asyncio.create_task(self._recover(), name="nightowl-discord-recovery")
         user = self.client.user
         log.info("Discord ready as %s (%s guilds)", user, len(self.client.guilds))
         return self
@@ -183,6 +186,21 @@ class DiscordBot:
             yield
         finally:
             self._inflight.discard(task)  # type: ignore[arg-type]
+
+    async def _recover(self) -> int:
+        """Answer (or apologise for) Discord messages stored but unanswered before a restart."""
+        with self.answering():
+            try:
+                return await self.core.recover_pending(
+                    "discord", lambda chat_id, user_id: RecoveryRenderer(
+                        self.client, int(chat_id), self.dc.stream_edit_interval_s))
+            except Exception:
+                log.exception("recovering unanswered Discord messages failed")
+                return 0
+
+    async def recovered(self) -> int:
+        """How many leftover messages were handled at start (waits for the recovery)."""
+        return await self._recovery if self._recovery is not None else 0
 
     async def close(self) -> None:
         inflight = {t for t in self._inflight if t is not asyncio.current_task()}

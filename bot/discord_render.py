@@ -236,6 +236,40 @@ class ChannelRenderer(StreamRenderer):
         return await self.channel.send(content, **kwargs)
 
 
+class RecoveryRenderer(ChannelRenderer):
+    """Answers into a channel known only by id (recovery after a restart): resolved on use."""
+
+    def __init__(self, client: discord.Client, channel_id: int, interval_s: float) -> None:
+        super().__init__(_NoChannel(), None, interval_s)  # type: ignore[arg-type]
+        self.client = client
+        self.channel_id = channel_id
+
+    async def _resolve(self) -> None:
+        if isinstance(self.channel, _NoChannel):
+            found = self.client.get_channel(self.channel_id)
+            if found is None:
+                found = await self.client.fetch_channel(self.channel_id)
+            self.channel = found  # type: ignore[assignment]
+
+    async def _typing_once(self) -> None:
+        await self._resolve()
+        await super()._typing_once()
+
+    async def _post(self, index: int, content: str, view: ui.View | None) -> _Editable:
+        await self._resolve()
+        return await super()._post(index, content, view)
+
+
+class _NoChannel:
+    """Placeholder until RecoveryRenderer resolves its channel."""
+
+    async def typing(self) -> None:
+        return None
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("channel not resolved")
+
+
 class InteractionRenderer(StreamRenderer):
     """Answers a deferred slash command: the original response, then followups."""
 

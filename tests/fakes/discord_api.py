@@ -343,6 +343,7 @@ class FakeDiscord:
                                                                               self.owner))),
             ("POST", r"/users/@me/channels", self._open_dm),
             ("GET", r"/users/(\d+)", self._get_user),
+            ("GET", r"/channels/(\d+)", self._get_channel),
             ("POST", r"/channels/(\d+)/typing", lambda cid: web.Response(status=204)),
             ("POST", r"/channels/(\d+)/messages", self._create_message),
             ("GET", r"/channels/(\d+)/messages/(\d+)", self._get_message),
@@ -412,6 +413,11 @@ class FakeDiscord:
     async def _get_user(self, req: Request, uid: str) -> web.Response:
         u = self.users.get(uid)
         return _resp(u) if u else _resp(P.error(10013, "Unknown User"), 404)
+
+    async def _get_channel(self, req: Request, cid: str) -> web.Response:
+        if cid not in self.channels:
+            return _resp({"message": "Unknown Channel", "code": 10003}, 404)
+        return _resp(self.channels[cid])
 
     async def _open_dm(self, req: Request) -> web.Response:
         rid = str(req.body["recipient_id"])

@@ -232,3 +232,17 @@ async def test_answer_message_ids_are_recorded(discord_env: DiscordEnv) -> None:
         await asyncio.sleep(0.01)
     assert found is not None and found.role == "assistant"
     assert found.text == "You said: remember my ids."
+
+
+async def test_unanswered_messages_are_recovered_after_a_restart(discord_env: DiscordEnv
+                                                                 ) -> None:
+    env, fake = discord_env, discord_env.fake
+    dm = fake.dm_channel_for(env.alice)["id"]
+    user = await env.store.ensure_user("discord", env.alice["id"], "alice")
+    conv = await env.store.active_conversation(user.id, "discord", dm)
+    await env.store.add_message(conv, "user", "asked just before the crash", status="pending")
+    bot = await env.start()
+    assert await bot.recovered() == 1
+    (answer,) = await fake.wait_for(final(fake, dm))
+    assert answer["content"] == "You said: asked just before the crash."
+    assert await env.store.pending_messages() == []
