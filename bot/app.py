@@ -104,6 +104,26 @@ async def open_services(cfg: Config, *, say: Say = print, knowledge: bool = True
             await core.wait_background()
 
 
+class ShutdownSignals:
+    """First SIGINT/SIGTERM: stop taking updates and shut down in order. Second: exit now."""
+
+    def __init__(self, stop: asyncio.Event, say: Say,
+                 force_exit: Callable[[int], object] = os._exit) -> None:
+        self.stop = stop
+        self.say = say
+        self.force_exit = force_exit
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self.count > 1:
+            log.error("second signal: exiting now")
+            self.force_exit(130)
+            return
+        self.say("Stopping (send the signal again to force)...")
+        self.stop.set()
+
+
 async def run_platforms(cfg: Config, say: Say = print,
                         stop: asyncio.Event | None = None) -> int:
     """``nightowl run``: every platform whose token is set, plus the nightly scheduler."""
@@ -114,17 +134,7 @@ async def run_platforms(cfg: Config, say: Say = print,
                           f"and/or {cfg.discord.token_env} (Discord), or use `nightowl chat`.")
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            log.error("second signal: exiting now")
-            os._exit(130)
-        say("Stopping (send the signal again to force)...")
-        stop.set()
-
+    on_signal = ShutdownSignals(stop, say)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)

@@ -75,3 +75,18 @@ def test_status_is_cheap_and_complete(tmp_path: Path, capsys: pytest.CaptureFixt
     for needle in ("Model: embedded (local backend)", "Active adapter: base", "Knowledge: 0",
                    "Last training run: none", "Database: ok"):
         assert needle in out
+
+
+def test_first_signal_stops_gracefully_second_forces_exit() -> None:
+    import asyncio
+
+    from bot.app import ShutdownSignals
+
+    stop = asyncio.Event()
+    said: list[str] = []
+    exits: list[int] = []
+    handler = ShutdownSignals(stop, said.append, force_exit=exits.append)
+    handler()
+    assert stop.is_set() and exits == [] and "again to force" in said[0]
+    handler()
+    assert exits == [130]
