@@ -33,18 +33,40 @@ def register() -> str:
         kv_heads, kv_len = key.shape[1], key.shape[2]
         group = heads // kv_heads
         q = query.reshape(batch, kv_heads, group, dim)
-        scores = torch.matmul(q, key.transpose(-1, -2)).float()
+        # K/V may be views into buffers with spare room (llm.local's cache layer): multiply with
+        # the whole contiguous buffer (a strided view would be copied by every matmul) and give
+        # the spare positions no weight; they hold zeros, never garbage.
+        k_all, v_all = _whole(key), _whole(value)
+        scores = torch.matmul(q, k_all.transpose(-1, -2)).float()
         scores = scores * (scaling if scaling is not None else dim ** -0.5)
+        if k_all.shape[2] > kv_len:
+            scores[..., kv_len:] = float("-inf")
         if attention_mask is not None:
             mask = attention_mask[:, :, -1:, -kv_len:]  # [batch|1, 1, 1, kv_len]
+            part = scores[..., :kv_len]
             if mask.dtype == torch.bool:
-                scores = scores.masked_fill(~mask, float("-inf"))
+                part.masked_fill_(~mask, float("-inf"))
             else:
-                scores = scores + mask.float()
+                part.add_(mask.float())
         probs = torch.softmax(scores, dim=-1).to(value.dtype)
-        out = torch.matmul(probs, value)  # [batch, kv_heads, group, dim]
+        out = torch.matmul(probs, v_all)  # [batch, kv_heads, group, dim]
         return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
 
     AttentionInterface.register(ATTN_NAME, attention)
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
     return ATTN_NAME
+
+
+def _whole(t: Any) -> Any:
+    """``t`` ([batch, heads, n, dim]) itself if contiguous; the whole buffer it is the leading
+    ``n`` positions of (``[batch, heads, cap, dim]``, contiguous) if it is such a view."""
+    if t.is_contiguous():
+        return t
+    b, h, _, d = t.shape
+    s = t.stride()
+    if s[3] == 1 and s[2] == d and s[1] % d == 0 and s[0] == h * s[1] \
+            and t.storage_offset() == 0:
+        cap = s[1] // d
+        if t.untyped_storage().nbytes() >= b * h * cap * d * t.element_size():
+            return t.as_strided((b, h, cap, d), (h * cap * d, cap * d, d, 1))
+    return t.contiguous()

@@ -103,13 +103,15 @@ def sample_batch(logits: torch.Tensor, seen: Sequence[torch.Tensor], *,
     import torch
 
     logits = logits.float()
-    rows = logits.shape[0]
-    for i in range(rows):
-        rp = repetition_penalty[i]
-        if rp != 1.0 and seen[i].numel():
-            picked = logits[i].index_select(0, seen[i])
-            picked = torch.where(picked < 0, picked * rp, picked / rp)
-            logits[i].index_copy_(0, seen[i], picked)
+    rows, vocab = logits.shape
+    pen = [i for i in range(rows) if repetition_penalty[i] != 1.0 and seen[i].numel()]
+    if pen:  # every penalised (row, token) at once (a repeated id just writes the same value)
+        flat = logits.view(-1)
+        idx = torch.cat([seen[i] + i * vocab for i in pen])
+        rp = torch.cat([torch.full((seen[i].numel(),), float(repetition_penalty[i]))
+                        for i in pen])
+        picked = flat.index_select(0, idx)
+        flat.index_copy_(0, idx, torch.where(picked < 0, picked * rp, picked / rp))
     out = [0] * rows
     greedy = [i for i in range(rows) if temperature[i] <= 0.0]
     if greedy:
@@ -124,9 +126,10 @@ def sample_batch(logits: torch.Tensor, seen: Sequence[torch.Tensor], *,
     k = min(top_k_scan, probs.shape[-1])
     top_probs, top_idx = torch.topk(probs, k, dim=-1)
     cum = torch.cumsum(top_probs, dim=-1)
+    mass = cum[:, -1].tolist()
     for j, i in enumerate(sampled):
         p = top_p[i]
-        if p < 1.0 and float(cum[j, -1]) >= p:
+        if p < 1.0 and mass[j] >= p:
             keep = top_probs[j].masked_fill((cum[j] - top_probs[j]) > p, 0.0)
             choice = torch.multinomial(keep, 1, generator=generators[i])
             out[i] = int(top_idx[j, choice].item())
