@@ -200,12 +200,12 @@ async def _serve_openai(cfg: Config, host: str, port: int) -> int:
     return 0
 
 
-async def _sync(fn: Callable[..., int], *args: object) -> int:
-    """Run a blocking command function in a thread (keeps dispatch uniformly async)."""
+async def _sync(fn: Callable[..., int], cfg: Config, *args: object) -> int:
+    """Run a blocking command function ``fn(cfg, *args)`` in a thread (dispatch stays async)."""
     from bot.app import prepare_environment
 
-    prepare_environment(args[0])  # type: ignore[arg-type]
-    return await asyncio.to_thread(fn, *args)
+    prepare_environment(cfg)
+    return await asyncio.to_thread(fn, cfg, *args)
 
 
 def _say(text: str) -> None:

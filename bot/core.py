@@ -66,6 +66,10 @@ class Learning(Protocol):
 
     def probe(self, args: str) -> str: ...
 
+    async def purge_texts(self, texts: list[str]) -> int:
+        """/forget: drop a user's lines from dataset files on disk; returns lines removed."""
+        ...
+
 
 class Core:
     """Owns the conversation flow. Construct once; share across platforms."""
@@ -161,11 +165,11 @@ class Core:
             qid = await self.store.add_message(conv, "user", text, status="pending",
                                                platform_message_id=inc.message_id)
             return await self._answer(qid, conv, text, renderer, notices, inc.platform,
-                                      {"chat": inc.chat_id, "user": user_hash(inc)})
+                                      inc.chat_id, user_hash(inc))
 
     async def _answer(self, qid: int, conv: int, text: str, renderer: Renderer,
-                      notices: list[str], platform: str,
-                      who: dict[str, str] | None = None) -> Reply:
+                      notices: list[str], platform: str, chat_id: str,
+                      user: str = "") -> Reply:
         started = time.monotonic()
         try:
             await renderer.start()
@@ -222,21 +226,21 @@ class Core:
         reply = Reply(full, answer_id=aid, sources=sources, notices=notices, model=self.model.name,
                       adapter=info.adapter, latency_s=latency, answer=answer)
         await renderer.finish(reply)
-        await self._record_delivery(renderer, aid, platform, conv)
-        log.info("answered", extra={"event": "answer", "platform": platform, **(who or {}),
+        await self._record_delivery(renderer, aid, platform, chat_id)
+        log.info("answered", extra={"event": "answer", "platform": platform, "chat": chat_id,
+                                    "user": user,
                                     "answer_id": aid, "latency_s": round(latency, 3),
                                     "adapter": info.adapter, "tokens": info.completion_tokens})
         return reply
 
     async def _record_delivery(self, renderer: Renderer, answer_id: int, platform: str,
-                               conv: int) -> None:
+                               chat_id: str) -> None:
         """Store the platform ids of the answer's messages so replies to them find it."""
         if not isinstance(renderer, DeliveryReport):
             return
         try:
             ids = renderer.platform_message_ids()
             if ids:
-                chat_id = await self.store.conversation_chat(conv)
                 await self.store.add_message_refs(answer_id, platform, chat_id, ids)
         except Exception:
             log.exception("could not record the platform ids of answer %s", answer_id)
@@ -271,7 +275,8 @@ class Core:
                 continue
             key = (plat, chat_id, user_id)
             async with self._locks.setdefault(key, asyncio.Lock()):
-                await self._answer(msg.id, msg.conversation_id, msg.text, renderer, [], plat)
+                await self._answer(msg.id, msg.conversation_id, msg.text, renderer, [], plat,
+                                   chat_id)
         return handled
 
     async def _retrieve(self, text: str) -> list[Passage]:
@@ -400,10 +405,9 @@ class Core:
             return CommandResult("There is nothing stored about you.")
         texts = await self.store.user_texts(user.id)
         counts = await self.store.forget_user(user.id)
-        purge = getattr(self.learning, "purge_texts", None)
-        if purge is not None:
+        if self.learning is not None:
             try:
-                await purge(texts)
+                await self.learning.purge_texts(texts)
             except Exception:
                 log.exception("could not purge dataset files of a forgotten user")
         uploads: list[str] = []

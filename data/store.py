@@ -224,11 +224,6 @@ class Store:
                 (user_id, platform, str(chat_id), time.time()))
             return int(cur.lastrowid or 0)
 
-    async def conversation_chat(self, conversation_id: int) -> str:
-        rows = list(await self.db.execute_fetchall(
-            "SELECT chat_id FROM conversations WHERE id = ?", (conversation_id,)))
-        return str(rows[0][0]) if rows else ""
-
     async def end_conversation(self, user_id: int, platform: str, chat_id: str) -> None:
         async with self.transaction() as db:
             await db.execute(

@@ -14,6 +14,7 @@ class FakeLearning:
         self.active: str | None = None
         self.retrains = 0
         self.probes: list[str] = []
+        self.purged: list[str] = []
         self._running = False
 
     @property
@@ -58,3 +59,7 @@ class FakeLearning:
         if verb == "list":
             return "\n".join(f"#{i} {p}" for i, p in enumerate(self.probes, 1)) or "No probes."
         return "Usage: /probe add QUESTION => EXPECTED | /probe list | /probe remove N"
+
+    async def purge_texts(self, texts: list[str]) -> int:
+        self.purged.extend(texts)
+        return len(texts)

@@ -139,6 +139,7 @@ async def test_optout_and_forget(core: Core, store: Store) -> None:
     assert (await store.stats())["messages"] == 2  # nothing deleted before confirmation
     done = await core.forget(msg("/forget"))
     assert "Deleted 2 messages" in done.text
+    assert isinstance(core.learning, FakeLearning) and "hi" in core.learning.purged
     assert (await store.stats())["messages"] == 0 and await store.get_user("terminal", "u1") is None
 
 
