@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -90,23 +91,22 @@ async def test_model_failure_marks_turn_failed_and_keeps_running(core: Core, sto
 
 
 async def test_user_turn_committed_before_generation(cfg: Config, store: Store) -> None:
-    seen: list[int] = []
+    seen: list[tuple[str, str]] = []
 
-    async def check() -> None:
-        rows = list(await store.db.execute_fetchall(
-            "SELECT COUNT(*) FROM messages WHERE status='pending'"))
-        seen.append(rows[0][0])
+    class CheckingModel(FakeChatModel):
+        """Looks at the database at the moment generation starts."""
 
-    def responder(messages: Sequence[ChatMessage]) -> str:
-        return "a b c"
+        async def stream(self, messages: Sequence[ChatMessage], params: Any = None, *,
+                         adapter: str = "active", info: Any = None) -> AsyncIterator[str]:
+            # a second connection sees only what is committed
+            with sqlite3.connect(store.path) as other:
+                seen.extend(other.execute("SELECT text, status FROM messages").fetchall())
+            async for delta in super().stream(messages, params, adapter=adapter, info=info):
+                yield delta
 
-    model = FakeChatModel(responder, delay_s=0.01)
-    core = Core(cfg, store, model, None)
-    task = asyncio.create_task(core.handle(msg("q"), CollectingRenderer()))
-    await asyncio.sleep(0.015)
-    await check()
-    await task
-    assert seen == [1]
+    core = Core(cfg, store, CheckingModel(), None)
+    await core.handle(msg("q"), CollectingRenderer())
+    assert seen == [("q", "pending")]
 
 
 async def test_commands_feedback_correct_sources_new(core: Core, store: Store) -> None:
