@@ -184,6 +184,9 @@ class LocalChatModel:
         self._count_tok: Any = None  # event loop's tokenizer (tokenizers are not shared)
         self._eos: set[int] = set()
         self._torch: Any = None
+        self._device = "cpu"
+        self._dtype: Any = None
+        self._threads = 0
         # messages for callers, sent in ONE call_soon_threadsafe per loop and step (not one per
         # token and row: fewer wake-ups of the event loop competing with the worker)
         self._outbox: list[tuple[_Request, str, Any]] = []
@@ -201,7 +204,38 @@ class LocalChatModel:
         return self
 
     def load(self) -> None:
-        """Blocking load (model + tokenizers) and worker start; ``open`` runs it in a thread."""
+        """Blocking load (model + tokenizers) and worker start; ``open`` runs it in a thread.
+
+        The worker thread loads the model itself, so that ONE thread runs every torch op of the
+        model: OpenMP keeps a thread pool per calling thread, and a second pool (the loading
+        thread's) made each decode step ~1.5x slower on the 2-core CPU.
+        """
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            try:
+                self._load_model()
+            except BaseException as exc:
+                failure.append(exc)
+                return
+            finally:
+                ready.set()
+            self._run()
+
+        self._thread = threading.Thread(target=main, name="nightowl-model", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+        self.say(f"Model {self.cfg.name} ready ({self._device}, "
+                 f"{str(self._dtype).removeprefix('torch.')}, {self._threads} threads, "
+                 f"context {self.context_length}).")
+
+    def _load_model(self) -> None:
+        """Worker thread: load the tokenizers and the model (and prepack it on the CPU)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
@@ -218,7 +252,7 @@ class LocalChatModel:
                              "load_in_8bit = false to run on the CPU in bf16/fp32.")
         device = ("cuda" if cuda else "cpu") if self.cfg.device == "auto" else self.cfg.device
         dtype = self._pick_dtype(torch, device)
-        threads = self.cfg.threads or os.cpu_count() or 1
+        threads = self._threads = self.cfg.threads or os.cpu_count() or 1
         if device == "cpu":
             torch.set_num_threads(threads)
         path = resolve_model_path(self.cfg.name, self.storage_dir, self.say)
@@ -252,6 +286,11 @@ class LocalChatModel:
         if not quant:
             model.to(device)
         model.eval()
+        if device == "cpu" and self.cfg.cpu_prepack:
+            from llm.prepack import prepack_linears
+
+            log.info("prepacked %d linear layers for oneDNN",
+                     prepack_linears(model, batch_hint=self.cfg.max_batch_size))
         self._model = model
         self._device = device
         self._dtype = dtype
@@ -262,10 +301,6 @@ class LocalChatModel:
         self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self._tok.eos_token_id is not None:
             self._eos.add(int(self._tok.eos_token_id))
-        self._thread = threading.Thread(target=self._run, name="nightowl-model", daemon=True)
-        self._thread.start()
-        self.say(f"Model {self.cfg.name} ready ({device}, {str(dtype).removeprefix('torch.')}, "
-                 f"{threads} threads, context {self.context_length}).")
 
     def _pick_dtype(self, torch: Any, device: str) -> Any:
         if self.cfg.dtype != "auto":
