@@ -4,12 +4,15 @@ Measured on the 2-core CPU with SmolLM2-135M (9 query heads, 3 KV heads): transf
 repeats K/V per query head and handles the padding mask in a slow general kernel, so one decode
 step for 8 left-padded rows costs ~115 ms at 200 cached tokens and ~360 ms at 600. For a single
 query token, grouping the query heads per KV head and doing two small matmuls is 1.4-3x faster
-(~85 / ~120 ms). Prefill (many query tokens) keeps using SDPA. The mask semantics are SDPA's
-(``sdpa_mask``: boolean, True = may attend), so padding and causality are unchanged.
+(~85 / ~120 ms); the padding bias is built once per step and shared by all layers. Prefill
+(many query tokens) calls SDPA with its grouped-query path instead of repeated K/V. The mask
+semantics are SDPA's (``sdpa_mask``: boolean, True = may attend), so padding and causality are
+unchanged.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 ATTN_NAME = "nightowl_decode"
@@ -21,15 +24,28 @@ def register() -> str:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import sdpa_mask
 
+    memo = threading.local()  # per worker thread: the last step's mask and its additive bias
+
     def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                   dropout: float = 0.0, scaling: float | None = None, **kw: Any
                   ) -> tuple[Any, None]:
         import torch
 
         batch, heads, q_len, dim = query.shape
-        if q_len != 1 or module.training:
+        scale = scaling if scaling is not None else dim ** -0.5
+        if module.training or kw.get("position_bias") is not None or kw.get("softcap"):
             return sdpa_attention_forward(module, query, key, value, attention_mask,
                                           dropout=dropout, scaling=scaling, **kw)
+        if q_len > 1:
+            if attention_mask is None and key.shape[2] != q_len:
+                return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                              dropout=dropout, scaling=scaling, **kw)
+            # transformers repeats K/V per query head whenever there is a padding mask; SDPA's
+            # own grouped-query path reads them once (8 rows x 200 tokens: 10.5 -> 8.4 ms/layer)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, scale=scale,
+                is_causal=attention_mask is None, enable_gqa=True)
+            return out.transpose(1, 2).contiguous(), None
         kv_heads, kv_len = key.shape[1], key.shape[2]
         group = heads // kv_heads
         q = query.reshape(batch, kv_heads, group, dim)
@@ -37,24 +53,41 @@ def register() -> str:
         # the whole contiguous buffer (a strided view would be copied by every matmul) and give
         # the spare positions no weight; they hold zeros, never garbage.
         k_all, v_all = _whole(key), _whole(value)
-        scores = torch.matmul(q, k_all.transpose(-1, -2)).float()
-        scores = scores * (scaling if scaling is not None else dim ** -0.5)
-        if k_all.shape[2] > kv_len:
-            scores[..., kv_len:] = float("-inf")
-        if attention_mask is not None:
-            mask = attention_mask[:, :, -1:, -kv_len:]  # [batch|1, 1, 1, kv_len]
-            part = scores[..., :kv_len]
-            if mask.dtype == torch.bool:
-                part.masked_fill_(~mask, float("-inf"))
-            else:
-                part.add_(mask.float())
-        probs = torch.softmax(scores, dim=-1).to(value.dtype)
+        bias = _bias(memo, attention_mask, batch, kv_len, k_all.shape[2])
+        scores = torch.matmul(q, k_all.transpose(-1, -2))  # [batch, kv_heads, group, cap]
+        probs = torch.softmax(torch.add(bias, scores, alpha=scale), dim=-1).to(value.dtype)
         out = torch.matmul(probs, v_all)  # [batch, kv_heads, group, dim]
         return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
 
     AttentionInterface.register(ATTN_NAME, attention)
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
     return ATTN_NAME
+
+
+def _bias(memo: Any, mask: Any, batch: int, kv_len: int, cap: int) -> Any:
+    """Additive float32 bias ``[batch|1, 1, 1, cap]`` for one decode step: 0 where the query may
+    attend, -inf on padding and on the spare positions past ``kv_len``.
+
+    Every layer of a forward pass gets the same mask object, so the bias is built once per step
+    (not once per layer) and kept for as long as that object is the one being passed.
+    """
+    import torch
+
+    key = (kv_len, cap)
+    if getattr(memo, "mask", None) is mask and getattr(memo, "key", None) == key:
+        return memo.bias
+    rows = mask.shape[0] if mask is not None else 1
+    bias = torch.zeros((rows, 1, 1, cap), dtype=torch.float32, device=mask.device
+                       if mask is not None else "cpu")
+    bias[..., kv_len:] = float("-inf")
+    if mask is not None:
+        last = mask[:, :, -1:, -kv_len:]  # [batch|1, 1, 1, kv_len]
+        if last.dtype == torch.bool:
+            bias[..., :kv_len].masked_fill_(~last, float("-inf"))
+        else:
+            bias[..., :kv_len].add_(last.float())
+    memo.mask, memo.key, memo.bias = mask, key, bias
+    return bias
 
 
 def _whole(t: Any) -> Any:
