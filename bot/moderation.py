@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from bot.config import ModerationConfig
+from bot.threads import in_short_thread
 
 
 class Guard(Protocol):
@@ -45,12 +46,13 @@ class ClassifierGuard:
     def __init__(self, model: str, labels: Sequence[str], threshold: float) -> None:
         from transformers import pipeline
 
-        self.pipe = pipeline("text-classification", model=model, top_k=None)
+        self.pipe = in_short_thread(lambda: pipeline("text-classification", model=model,
+                                                     top_k=None))
         self.labels = {label.lower() for label in labels}
         self.threshold = threshold
 
     def check(self, text: str) -> str | None:
-        scores = self.pipe(text[:2000], truncation=True)
+        scores = in_short_thread(lambda: self.pipe(text[:2000], truncation=True))
         flat = scores[0] if scores and isinstance(scores[0], list) else scores
         for s in flat:
             if s["label"].lower() in self.labels and s["score"] >= self.threshold:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import KnowledgeError
+from bot.threads import in_short_thread
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +83,21 @@ def load_sentence_transformer(name: str, dtype: str = "auto", device: str = "aut
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
+        def build() -> Any:
+            loaded = SentenceTransformer(path, device=device, local_files_only=True)
+            if dtype != "float32":
+                loaded = loaded.to(getattr(torch, dtype))
+            return loaded.eval()
+
         bar = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # no "Loading weights" bar in every command
         try:
-            model = SentenceTransformer(path, device=device, local_files_only=True)
+            model = in_short_thread(build)
         except Exception as exc:
             raise _not_available(name, exc) from exc
         finally:
             if bar:
                 hf_logging.enable_progress_bar()
-        if dtype != "float32":
-            model = model.to(getattr(torch, dtype))
-        model.eval()
         _MODELS[key] = model
         log.info("loaded embedding model %s (%s, %s)", name, dtype, device)
         return model
@@ -128,9 +132,9 @@ class SentenceTransformerEmbedder:
         if not texts:
             return []
         with self._lock:
-            vecs = self._model.encode(texts, batch_size=self.batch_size,
-                                      normalize_embeddings=True, convert_to_numpy=True,
-                                      show_progress_bar=False)
+            vecs = in_short_thread(lambda: self._model.encode(
+                texts, batch_size=self.batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False))
         return [list(map(float, v)) for v in vecs.astype("float32")]
 
     def tokenizer_file(self) -> Path | None:

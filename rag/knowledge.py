@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import KnowledgeError
+from bot.threads import in_short_thread
 from rag.base import Embedder, IngestResult, Passage
 from rag.chunking import Chunk, Chunker
 from rag.extract import Skip, extract, read_file, size_limit_reason
@@ -356,7 +357,7 @@ class Knowledge:
             for t, m in zip(texts, metas, strict=True)] if self.cfg.hybrid else [])
         vectors = None
         if exact and vecs:
-            import torch  # its warm thread pool (the embedder's) beats a cold BLAS pool here
+            import torch
 
             vectors = torch.from_numpy(np.ascontiguousarray(np.concatenate(vecs)))
         return _Mirror(ids, texts, metas, index, vectors, {c: i for i, c in enumerate(ids)})
@@ -415,7 +416,9 @@ class Knowledge:
         if mirror.vectors is not None:
             import torch
 
-            sims = torch.mv(mirror.vectors, torch.tensor(qvec, dtype=torch.float32)).numpy()
+            vectors = mirror.vectors
+            sims = in_short_thread(lambda: torch.mv(
+                vectors, torch.tensor(qvec, dtype=torch.float32)).numpy())
             top = np.argpartition(-sims, n)[:n] if len(sims) > n else np.arange(len(sims))
             top = top[np.argsort(-sims[top], kind="stable")]
             return [(mirror.ids[i], mirror.texts[i], mirror.metas[i], float(sims[i]))
