@@ -2,7 +2,8 @@
 
     python bench/generation.py                       # embedded model through LocalChatModel
     python bench/generation.py --backend openai --base-url http://127.0.0.1:8000/v1 --model NAME
-    python bench/generation.py --compare-llamacpp    # also llama-cpp-python's server (8 slots)
+    python bench/generation.py --compare-llamacpp    # also llama-cpp-python's server (serial)
+    python bench/generation.py --compare-llamacpp --llama-server path/to/llama-server  # 8 slots
 
 Prompts are ~200 tokens (chat template included); answers are sampled with the default
 settings (temperature 0.3, top-p 0.9, repetition penalty 1.2, fixed seeds) up to --new-tokens.
@@ -86,8 +87,9 @@ def params_for(i: int, new_tokens: int) -> GenParams:
                      repetition_penalty=1.2, seed=1000 + i)
 
 
-async def measure(model: ChatModel, new_tokens: int, naive: Any) -> dict[str, Any]:
-    ps = prompts(32, model.count_tokens)
+async def measure(model: ChatModel, new_tokens: int, naive: Any,
+                  ps: list[list[ChatMessage]] | None = None) -> dict[str, Any]:
+    ps = ps or prompts(32, model.count_tokens)
     await run_one(model, ps[0], params_for(0, 4))  # warm-up
     singles = [await run_one(model, ps[i], params_for(i, new_tokens)) for i in range(3)]
     single_tok_s = statistics.median(r["decode_tok_s"] for r in singles)
@@ -142,13 +144,14 @@ def sequential_naive(model: ChatModel) -> Any:
     return run
 
 
-async def bench_openai(base_url: str, name: str, new_tokens: int) -> dict[str, Any]:
+async def bench_openai(base_url: str, name: str, new_tokens: int,
+                       ps: list[list[ChatMessage]] | None = None) -> dict[str, Any]:
     from llm.openai_backend import OpenAIChatModel
 
     cfg = ModelConfig(backend="openai", base_url=base_url, name=name, max_queue=1000)
     model = OpenAIChatModel(cfg)
     try:
-        return await measure(model, new_tokens, sequential_naive(model))
+        return await measure(model, new_tokens, sequential_naive(model), ps)
     finally:
         await model.aclose()
 
@@ -163,47 +166,79 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     cfg = ModelConfig(max_batch_size=args.batch, max_queue=1000, threads=args.threads)
     model = await LocalChatModel.open(cfg, Path(args.storage), say=lambda s: None)
     try:
-        result = await measure(model, args.new_tokens, hf_naive(model))
+        ps = prompts(32, model.count_tokens)  # the same prompts go to llama.cpp, if compared
+        result = await measure(model, args.new_tokens, hf_naive(model), ps)
     finally:
         await model.aclose()
     result["backend"] = f"local batch={args.batch}"
     if args.compare_llamacpp:
-        result.update(await compare_llamacpp(args, result))
+        result.update(await compare_llamacpp(args, result, ps))
     return result
 
 
-async def compare_llamacpp(args: argparse.Namespace, ours: dict[str, Any]) -> dict[str, Any]:
+def llamacpp_command(args: argparse.Namespace, port: int) -> tuple[list[str], str] | None:
+    """The command line of the llama.cpp server to compare against, and a label; None if none.
+
+    ``--llama-server BIN`` (llama.cpp's C++ ``llama-server``) runs with 8 parallel slots and
+    continuous batching, the way a user would deploy it. Without it, llama-cpp-python's server is
+    used: it has no parallel slots and answers one request at a time.
+    """
+    from llm.embedded import gguf_path
+
+    threads = str(args.threads or os.cpu_count() or 1)
+    if args.llama_server:
+        return ([args.llama_server, "-m", str(gguf_path()), "--host", "127.0.0.1", "--port",
+                 str(port), "-c", "8192", "-np", "8", "-t", threads, "-tb", threads,
+                 "--alias", "embedded"], "llama-server -np 8")
     if importlib.util.find_spec("llama_cpp") is None:
-        return {"llamacpp": "skipped: llama-cpp-python is not installed (pip install "
-                            "'llama-cpp-python[server]' builds it from source in ~5 min)"}
+        return None
+    return ([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()),
+             "--model_alias", "embedded", "--host", "127.0.0.1", "--port", str(port),
+             "--n_ctx", "8192", "--n_threads", threads, "--n_threads_batch", threads],
+            "llama-cpp-python server (one request at a time)")
+
+
+async def compare_llamacpp(args: argparse.Namespace, ours: dict[str, Any],
+                           ps: list[list[ChatMessage]]) -> dict[str, Any]:
     import socket
 
     import httpx
 
-    from llm.embedded import gguf_path
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--port",
-        str(port), "--n_ctx", "8192", "--n_parallel", "8", "--n_threads",
-        str(os.cpu_count() or 1), stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL)
+    command = llamacpp_command(args, port)
+    if command is None:
+        return {"llamacpp": "skipped: pass --llama-server PATH (llama.cpp's llama-server) or "
+                            "install llama-cpp-python (pip install 'llama-cpp-python[server]', "
+                            "a ~5 min source build)"}
+    argv, label = command
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
     try:
         async with httpx.AsyncClient() as client:
-            for _ in range(120):
+            for _ in range(240):
+                if proc.returncode is not None:
+                    raise SystemExit(f"{label} exited with {proc.returncode}: {' '.join(argv)}")
                 try:
-                    await client.get(f"http://127.0.0.1:{port}/v1/models", timeout=1.0)
-                    break
+                    r = await client.get(f"http://127.0.0.1:{port}/v1/models", timeout=1.0)
+                    if r.status_code == 200:
+                        break
                 except httpx.HTTPError:
-                    await asyncio.sleep(0.5)
-        theirs = await bench_openai(f"http://127.0.0.1:{port}/v1", "embedded", args.new_tokens)
+                    pass
+                await asyncio.sleep(0.5)
+        theirs = await bench_openai(f"http://127.0.0.1:{port}/v1", "embedded", args.new_tokens,
+                                    ps)
     finally:
-        proc.terminate()
+        if proc.returncode is None:
+            proc.terminate()
         await proc.wait()
-    return {"llamacpp8_tok_s": theirs["concurrent8_tok_s"],
+    return {"llamacpp_server": label,
+            "llamacpp_single_tok_s": theirs["single_tok_s"],
+            "llamacpp_ttft_single_s": theirs["ttft_single_s"],
+            "llamacpp8_tok_s": theirs["concurrent8_tok_s"],
             "llamacpp_ttft8_p50_s": theirs["ttft8_p50_s"],
+            "llamacpp_ttft8_p95_s": theirs["ttft8_p95_s"],
             "ratio_vs_llamacpp": round(ours["concurrent8_tok_s"] / theirs["concurrent8_tok_s"], 2)
             if theirs["concurrent8_tok_s"] else None}
 
@@ -218,12 +253,16 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32, help="max_batch_size of the local service")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--compare-llamacpp", action="store_true")
+    ap.add_argument("--llama-server", default="",
+                    help="llama.cpp's llama-server binary for --compare-llamacpp (8 slots)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-    if args.compare_llamacpp and importlib.util.find_spec("llama_cpp") is None:
-        print("note: --compare-llamacpp needs llama-cpp-python (pip install "
-              "'llama-cpp-python[server]'); running without the comparison", file=sys.stderr)
+    if args.compare_llamacpp and not args.llama_server and \
+            importlib.util.find_spec("llama_cpp") is None:
+        print("note: --compare-llamacpp needs --llama-server PATH or llama-cpp-python (pip "
+              "install 'llama-cpp-python[server]'); running without the comparison",
+              file=sys.stderr)
     print(json.dumps(asyncio.run(main_async(args))))
     return 0
 

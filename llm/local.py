@@ -58,6 +58,7 @@ from bot.errors import AdapterError, BusyError, ModelError
 from llm.adapters import validate_adapter_dir
 from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
 from llm.decode import IncrementalDecoder, StopChecker, sample_batch
+from llm.prepack import PackedWeights, prepack_linears
 
 log = logging.getLogger("nightowl.llm")
 
@@ -179,6 +180,8 @@ class LocalChatModel:
         self._retired: set[str] = set()  # versions to unload when no row uses them
         self._adapter_seq = 0
         self._peft: Any = None
+        self._packed: PackedWeights | None = None  # CPU: packed layers (+ merged active adapter)
+        self._lora_on = True  # peft's LoRA layers enabled (off while running merged weights)
         self._model: Any = None
         self._tok: Any = None  # worker thread's tokenizer
         self._count_tok: Any = None  # event loop's tokenizer (tokenizers are not shared)
@@ -287,10 +290,8 @@ class LocalChatModel:
             model.to(device)
         model.eval()
         if device == "cpu" and self.cfg.cpu_prepack:
-            from llm.prepack import prepack_linears
-
-            log.info("prepacked %d linear layers for oneDNN",
-                     prepack_linears(model, batch_hint=self.cfg.max_batch_size))
+            self._packed = prepack_linears(model, batch_hint=self.cfg.max_batch_size)
+            log.info("prepacked %d linear layers for oneDNN", len(self._packed or []))
         self._model = model
         self._device = device
         self._dtype = dtype
@@ -478,11 +479,30 @@ class LocalChatModel:
     def _activate(self, version: str | None) -> None:
         old = self._active
         self._active = version
+        self._merge_active()
         if old is not None and old != version and old != self._canary:
             self._retired.add(old)
         self._retired.discard(version or "")
         self._unload_unused()
         log.info("active adapter: %s -> %s", old or "base", version or "base")
+
+    def _merge_active(self) -> None:
+        """Worker thread: pack the active adapter's merged weights (see :mod:`llm.prepack`)."""
+        packed, peft = self._packed, self._peft
+        if packed is None or peft is None:
+            return
+        name = self._adapters[self._active][0] if self._active is not None else None
+        if name == packed.merged_name:
+            return
+        if name is None:
+            packed.clear()
+            return
+        started = time.perf_counter()
+        if packed.merge(peft, name):
+            log.info("merged adapter %s into the packed weights in %.2f s", self._active,
+                     time.perf_counter() - started)
+        else:
+            log.info("adapter %s cannot be merged; it runs through peft", self._active)
 
     def _unload_unused(self) -> None:
         in_use = {r.name for r in self._rows}
@@ -615,15 +635,30 @@ class LocalChatModel:
         if self._peft is None:
             return self._model(input_ids=input_ids, use_cache=True, **kw)
         first = names[0]
-        if all(n == first for n in names):
-            if first is None:
-                with self._peft.disable_adapter():
-                    return self._peft(input_ids=input_ids, use_cache=True, **kw)
+        same = all(n == first for n in names)
+        merged = self._packed.merged_name if self._packed is not None else None
+        if same and (first is None or first == merged):  # base weights, or the merged adapter
+            self._lora(False, merged=first is not None)
+            return self._peft(input_ids=input_ids, use_cache=True, **kw)
+        self._lora(True)
+        if same:
             if self._peft.active_adapter != first:
                 self._peft.set_adapter(first)
             return self._peft(input_ids=input_ids, use_cache=True, **kw)
         return self._peft(input_ids=input_ids, use_cache=True,
                           adapter_names=[n or _BASE_NAME for n in names], **kw)
+
+    def _lora(self, on: bool, merged: bool = False) -> None:
+        """Switch peft's LoRA layers on/off (only when it changes: it visits every layer) and
+        choose the packed weights (plain or with the active adapter merged in)."""
+        if on != self._lora_on:
+            if on:
+                self._peft.base_model.enable_adapter_layers()
+            else:
+                self._peft.base_model.disable_adapter_layers()
+            self._lora_on = on
+        if self._packed is not None:
+            self._packed.use_merged = merged
 
     def _prepare(self, req: _Request) -> tuple[_Row, list[int]] | None:
         """Tokenize and resolve one request; None when it is already done (no room to answer)."""

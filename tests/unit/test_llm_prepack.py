@@ -30,7 +30,8 @@ def test_prepacked_model_matches_plain_and_is_batch_independent(dtype: torch.dty
     torch.manual_seed(0)
     plain = Tiny().to(dtype).eval()
     packed = copy.deepcopy(plain)
-    assert prepack_linears(packed) == 2
+    weights = prepack_linears(packed)
+    assert weights is not None and len(weights) == 2
     assert type(packed.up) is packed_linear_class()
     x = torch.randn(8, 5, 64, dtype=dtype)
     with torch.inference_mode():
@@ -62,7 +63,32 @@ def test_lora_applies_on_top_of_a_prepacked_layer() -> None:
     assert not torch.allclose(got, without, atol=1e-3)  # the adapter really changed the output
 
 
+def test_merged_adapter_weights_give_the_lora_output_without_peft_in_the_path() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    weights = prepack_linears(model)
+    assert weights is not None
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"], init_lora_weights=False)
+    lora = get_peft_model(model, cfg).eval()
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        want = lora(x)
+        base = model.down.base_layer(torch.nn.functional.silu(model.up.base_layer(x)))
+        assert weights.merge(lora, "default") and weights.merged_name == "default"
+        lora.base_model.disable_adapter_layers()
+        weights.use_merged = True
+        got = lora(x)
+        weights.use_merged = False
+        plain = lora(x)
+    assert torch.allclose(got, want, atol=1e-4)
+    assert torch.allclose(plain, base, atol=1e-5)  # merged weights only when asked for
+    weights.clear()
+    assert weights.merged_name is None and model.up.base_layer._merged is None
+
+
 def test_layers_that_are_not_plain_cpu_linears_are_left_alone() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 4).to(torch.float16), torch.nn.ReLU())
-    assert prepack_linears(model) == 0
+    assert prepack_linears(model) is None
     assert type(model[0]) is torch.nn.Linear
