@@ -168,12 +168,47 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ps = prompts(32, model.count_tokens)  # the same prompts go to llama.cpp, if compared
         result = await measure(model, args.new_tokens, hf_naive(model), ps)
+        if args.adapter:
+            result.update(await with_adapter(model, ps, args.new_tokens))
     finally:
         await model.aclose()
     result["backend"] = f"local batch={args.batch}"
     if args.compare_llamacpp:
         result.update(await compare_llamacpp(args, result, ps))
     return result
+
+
+async def with_adapter(model: Any, ps: list[list[ChatMessage]], new_tokens: int
+                       ) -> dict[str, Any]:
+    """Single stream and 8 concurrent chats with a LoRA adapter active (the state after the first
+    nightly training): a random r=16 adapter on every linear layer, like [training]'s default."""
+    import tempfile
+
+    def make(folder: Path) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        from llm.embedded import converted_dir
+
+        base = AutoModelForCausalLM.from_pretrained(converted_dir(Path(model.storage_dir)),
+                                                    dtype=torch.float32)
+        lora = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules=[
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=1e-3)
+        lora.save_pretrained(folder)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        await model._call(lambda: make(Path(tmp)))  # torch work stays on the worker thread
+        await model.set_adapter(Path(tmp), "bench")
+        singles = [await run_one(model, ps[i], params_for(i, new_tokens)) for i in range(3)]
+        c8 = await concurrent(model, ps[:8], [params_for(i, new_tokens) for i in range(8)])
+        await model.set_adapter(None, None)
+    return {"adapter_single_tok_s": round(statistics.median(r["decode_tok_s"] for r in singles), 1),
+            "adapter_concurrent8_tok_s": round(c8["tok_s"], 1),
+            "adapter_ttft8_p95_s": round(c8["p95"], 3)}
 
 
 def llamacpp_command(args: argparse.Namespace, port: int) -> tuple[list[str], str] | None:
@@ -253,6 +288,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32, help="max_batch_size of the local service")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--compare-llamacpp", action="store_true")
+    ap.add_argument("--adapter", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure with a LoRA adapter active (default: yes)")
     ap.add_argument("--llama-server", default="",
                     help="llama.cpp's llama-server binary for --compare-llamacpp (8 slots)")
     args = ap.parse_args()

@@ -109,3 +109,21 @@ def test_import_llm_stays_cheap() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_batched_nucleus_sampling_follows_the_renormalised_distribution() -> None:
+    import torch
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])  # top_p 0.9 keeps the first three tokens
+    logits = probs.log()[None].repeat(2, 1)
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    counts = torch.zeros(4)
+    for _ in range(2000):
+        for tok in sample_batch(logits, [torch.zeros(0, dtype=torch.long)] * 2,
+                                temperature=[1.0, 1.0], top_p=[0.9, 0.9],
+                                repetition_penalty=[1.0, 1.0], generators=gens):
+            counts[tok] += 1
+    freq = counts / counts.sum()
+    assert counts[3] == 0  # outside the nucleus: never drawn
+    want = torch.tensor([0.5, 0.3, 0.15]) / 0.95
+    assert torch.allclose(freq[:3], want, atol=0.03)
