@@ -122,23 +122,17 @@ def sample_batch(logits: torch.Tensor, seen: Sequence[torch.Tensor], *,
     if not sampled:
         return out
     temps = torch.tensor([temperature[i] for i in sampled], dtype=logits.dtype)
-    scaled = logits[sampled] / temps[:, None]
-    k = min(top_k_scan, scaled.shape[-1])
-    top_vals, top_idx = torch.topk(scaled, k, dim=-1)  # most likely first
-    top_probs = torch.exp(top_vals - torch.logsumexp(scaled, dim=-1, keepdim=True))
+    probs = torch.softmax(logits[sampled] / temps[:, None], dim=-1)
+    k = min(top_k_scan, probs.shape[-1])
+    top_probs, top_idx = torch.topk(probs, k, dim=-1)
     cum = torch.cumsum(top_probs, dim=-1)
-    ps = torch.tensor([top_p[i] for i in sampled], dtype=cum.dtype)
-    fast = ((ps < 1.0) & (cum[:, -1] >= ps)).tolist()
-    # the smallest set of most likely tokens whose mass reaches top_p, then ONE inverse-CDF draw
-    # per row from its own generator (a per-row multinomial call cost ~0.3 ms per row)
-    kept = torch.cumsum(top_probs.masked_fill((cum - top_probs) > ps[:, None], 0.0), dim=-1)
-    draws = torch.stack([torch.rand((), generator=generators[i], dtype=cum.dtype)
-                         for i in sampled])
-    choice = torch.searchsorted(kept, (draws * kept[:, -1])[:, None], right=True)
-    picks = top_idx.gather(1, choice.clamp(max=k - 1)).squeeze(1).tolist()
+    mass = cum[:, -1].tolist()
     for j, i in enumerate(sampled):
-        if fast[j]:
-            out[i] = int(picks[j])
+        p = top_p[i]
+        if p < 1.0 and mass[j] >= p:
+            keep = top_probs[j].masked_fill((cum[j] - top_probs[j]) > p, 0.0)
+            choice = torch.multinomial(keep, 1, generator=generators[i])
+            out[i] = int(top_idx[j, choice].item())
         else:  # mass of the top tokens below top_p (or top_p == 1): full distribution
             out[i] = sample_next(logits[i], seen[i][:0], temperature=temperature[i],
                                  top_p=top_p[i], repetition_penalty=1.0,
