@@ -6,9 +6,12 @@
     python bench/generation.py --compare-llamacpp --llama-server path/to/llama-server  # 8 slots
 
 Prompts are ~200 tokens (chat template included); answers are sampled with the default
-settings (temperature 0.3, top-p 0.9, repetition penalty 1.2, fixed seeds) up to --new-tokens.
-tok/s counts completion tokens; aggregate figures divide by the wall time from the first
-submission to the last token, TTFT is the time from submission to the first streamed text.
+settings (temperature 0.3, top-p 0.9, repetition penalty 1.2, fixed seeds) and are exactly
+--new-tokens long (``ignore_eos``, as vLLM's and llama.cpp's benchmarks do: otherwise the
+aggregate depends on where eight sampled answers happen to end; ``--natural-length`` lets them
+stop at end-of-text). tok/s counts completion tokens; aggregate figures divide by the wall time
+from the first submission to the last token, TTFT is the time from submission to the first
+streamed text. The naive baseline generates the same lengths (``min_new_tokens``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,21 +86,28 @@ async def concurrent(model: ChatModel, batch: list[list[ChatMessage]], params: l
                                                               int(0.95 * len(ttfts)))]}
 
 
-def params_for(i: int, new_tokens: int) -> GenParams:
-    return GenParams(max_new_tokens=new_tokens, temperature=0.3, top_p=0.9,
-                     repetition_penalty=1.2, seed=1000 + i)
+@dataclass(frozen=True)
+class Workload:
+    """Answer length (and whether answers run to it past end-of-text) of every request."""
+
+    new_tokens: int
+    fixed: bool = True
+
+    def params(self, i: int) -> GenParams:
+        return GenParams(max_new_tokens=self.new_tokens, temperature=0.3, top_p=0.9,
+                         repetition_penalty=1.2, seed=1000 + i, ignore_eos=self.fixed)
 
 
-async def measure(model: ChatModel, new_tokens: int, naive: Any,
+async def measure(model: ChatModel, work: Workload, naive: Any,
                   ps: list[list[ChatMessage]] | None = None) -> dict[str, Any]:
     ps = ps or prompts(32, model.count_tokens)
-    await run_one(model, ps[0], params_for(0, 4))  # warm-up
-    singles = [await run_one(model, ps[i], params_for(i, new_tokens)) for i in range(3)]
+    await run_one(model, ps[0], Workload(4, work.fixed).params(0))  # warm-up
+    singles = [await run_one(model, ps[i], work.params(i)) for i in range(3)]
     single_tok_s = statistics.median(r["decode_tok_s"] for r in singles)
     ttft_single = statistics.median(r["ttft"] for r in singles)
-    c8 = await concurrent(model, ps[:8], [params_for(i, new_tokens) for i in range(8)])
-    c32 = await concurrent(model, ps[:32], [params_for(i, new_tokens) for i in range(32)])
-    naive_tok_s = await naive(ps[:8], [params_for(i, new_tokens) for i in range(8)])
+    c8 = await concurrent(model, ps[:8], [work.params(i) for i in range(8)])
+    c32 = await concurrent(model, ps[:32], [work.params(i) for i in range(32)])
+    naive_tok_s = await naive(ps[:8], [work.params(i) for i in range(8)])
     return {
         "single_tok_s": round(single_tok_s, 1), "ttft_single_s": round(ttft_single, 3),
         "concurrent8_tok_s": round(c8["tok_s"], 1), "concurrent32_tok_s": round(c32["tok_s"], 1),
@@ -105,7 +116,8 @@ async def measure(model: ChatModel, new_tokens: int, naive: Any,
         "naive_tok_s": round(naive_tok_s, 1),
         "speedup_vs_single": round(c8["tok_s"] / single_tok_s, 2) if single_tok_s else None,
         "speedup_vs_naive": round(c8["tok_s"] / naive_tok_s, 2) if naive_tok_s else None,
-        "prompt_tokens": model.count_tokens(ps[0]), "new_tokens": new_tokens,
+        "prompt_tokens": model.count_tokens(ps[0]), "new_tokens": work.new_tokens,
+        "fixed_length": work.fixed,
     }
 
 
@@ -125,7 +137,8 @@ def hf_naive(model: Any) -> Any:
                     torch.manual_seed(p.seed or 0)
                     out = hf.generate(**ids, max_new_tokens=p.max_new_tokens, do_sample=True,
                                       temperature=p.temperature, top_p=p.top_p,
-                                      repetition_penalty=p.repetition_penalty)
+                                      repetition_penalty=p.repetition_penalty,
+                                      min_new_tokens=p.max_new_tokens if p.ignore_eos else 0)
                     tokens += out.shape[1] - ids["input_ids"].shape[1]
             return tokens / (time.perf_counter() - t0)
 
@@ -144,21 +157,22 @@ def sequential_naive(model: ChatModel) -> Any:
     return run
 
 
-async def bench_openai(base_url: str, name: str, new_tokens: int,
+async def bench_openai(base_url: str, name: str, work: Workload,
                        ps: list[list[ChatMessage]] | None = None) -> dict[str, Any]:
     from llm.openai_backend import OpenAIChatModel
 
     cfg = ModelConfig(backend="openai", base_url=base_url, name=name, max_queue=1000)
     model = OpenAIChatModel(cfg)
     try:
-        return await measure(model, new_tokens, sequential_naive(model), ps)
+        return await measure(model, work, sequential_naive(model), ps)
     finally:
         await model.aclose()
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    work = Workload(args.new_tokens, fixed=not args.natural_length)
     if args.backend == "openai":
-        result = await bench_openai(args.base_url, args.model, args.new_tokens)
+        result = await bench_openai(args.base_url, args.model, work)
         result["backend"] = f"openai {args.base_url}"
         return result
     from llm.local import LocalChatModel
@@ -167,18 +181,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     model = await LocalChatModel.open(cfg, Path(args.storage), say=lambda s: None)
     try:
         ps = prompts(32, model.count_tokens)  # the same prompts go to llama.cpp, if compared
-        result = await measure(model, args.new_tokens, hf_naive(model), ps)
+        result = await measure(model, work, hf_naive(model), ps)
         if args.adapter:
-            result.update(await with_adapter(model, ps, args.new_tokens))
+            result.update(await with_adapter(model, ps, work))
     finally:
         await model.aclose()
     result["backend"] = f"local batch={args.batch}"
     if args.compare_llamacpp:
-        result.update(await compare_llamacpp(args, result, ps))
+        result.update(await compare_llamacpp(args, result, ps, work))
     return result
 
 
-async def with_adapter(model: Any, ps: list[list[ChatMessage]], new_tokens: int
+async def with_adapter(model: Any, ps: list[list[ChatMessage]], work: Workload
                        ) -> dict[str, Any]:
     """Single stream and 8 concurrent chats with a LoRA adapter active (the state after the first
     nightly training): a random r=16 adapter on every linear layer, like [training]'s default."""
@@ -203,8 +217,8 @@ async def with_adapter(model: Any, ps: list[list[ChatMessage]], new_tokens: int
     with tempfile.TemporaryDirectory() as tmp:
         await model._call(lambda: make(Path(tmp)))  # torch work stays on the worker thread
         await model.set_adapter(Path(tmp), "bench")
-        singles = [await run_one(model, ps[i], params_for(i, new_tokens)) for i in range(3)]
-        c8 = await concurrent(model, ps[:8], [params_for(i, new_tokens) for i in range(8)])
+        singles = [await run_one(model, ps[i], work.params(i)) for i in range(3)]
+        c8 = await concurrent(model, ps[:8], [work.params(i) for i in range(8)])
         await model.set_adapter(None, None)
     return {"adapter_single_tok_s": round(statistics.median(r["decode_tok_s"] for r in singles), 1),
             "adapter_concurrent8_tok_s": round(c8["tok_s"], 1),
@@ -234,7 +248,7 @@ def llamacpp_command(args: argparse.Namespace, port: int) -> tuple[list[str], st
 
 
 async def compare_llamacpp(args: argparse.Namespace, ours: dict[str, Any],
-                           ps: list[list[ChatMessage]]) -> dict[str, Any]:
+                           ps: list[list[ChatMessage]], work: Workload) -> dict[str, Any]:
     import socket
 
     import httpx
@@ -262,7 +276,7 @@ async def compare_llamacpp(args: argparse.Namespace, ours: dict[str, Any],
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.5)
-        theirs = await bench_openai(f"http://127.0.0.1:{port}/v1", "embedded", args.new_tokens,
+        theirs = await bench_openai(f"http://127.0.0.1:{port}/v1", "embedded", work,
                                     ps)
     finally:
         if proc.returncode is None:
@@ -288,6 +302,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32, help="max_batch_size of the local service")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--compare-llamacpp", action="store_true")
+    ap.add_argument("--natural-length", action="store_true",
+                    help="let answers stop at end-of-text instead of --new-tokens exactly")
     ap.add_argument("--adapter", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure with a LoRA adapter active (default: yes)")
     ap.add_argument("--llama-server", default="",

@@ -23,6 +23,10 @@ class GenParams:
     repetition_penalty: float = 1.2
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Benchmarks: keep generating past end-of-text up to max_new_tokens (fixed-length answers,
+    # like vLLM's and llama.cpp's ``ignore_eos``), so throughput does not depend on where
+    # sampled answers happen to end.
+    ignore_eos: bool = False
 
 
 @dataclass

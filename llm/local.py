@@ -805,7 +805,7 @@ class LocalChatModel:
         row.generated += 1
         row.pos += 1
         row.last = tok
-        if tok in self._eos:
+        if tok in self._eos and not row.req.params.ignore_eos:
             row.done = "stop"
             row.req.send("text", (self._tail(row), row.generated))
             return

@@ -112,6 +112,8 @@ class OpenAIChatModel:
         if params.repetition_penalty != 1.0:
             extra = {"repetition_penalty": params.repetition_penalty,
                      "repeat_penalty": params.repetition_penalty}
+        if params.ignore_eos:  # vLLM, llama.cpp and NightOwl's server read it
+            extra["ignore_eos"] = True
         kwargs: dict[str, Any] = {
             "model": model, "messages": messages, "stream": True,
             "max_tokens": params.max_new_tokens, "temperature": params.temperature,

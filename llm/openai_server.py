@@ -6,7 +6,8 @@ afterwards ``model=lora_name`` selects that adapter per request). Other tools ca
 model through it, and the tests run the openai backend against it on loopback.
 
 Request fields understood: messages, stream, max_tokens / max_completion_tokens, temperature,
-top_p, stop (string or list), seed, repetition_penalty (also llama.cpp's repeat_penalty).
+top_p, stop (string or list), seed, repetition_penalty (also llama.cpp's repeat_penalty),
+ignore_eos (vLLM's and llama.cpp's: answers run to max_tokens, for benchmarks).
 ``model`` selects the adapter: a loaded adapter version, ``"base"`` for no adapter, anything
 else (e.g. the served model name) for the active adapter. Errors use OpenAI's error shape;
 a full queue answers 429.
@@ -49,7 +50,8 @@ def _params(body: dict[str, Any], defaults: GenParams) -> GenParams:
         top_p=float(body.get("top_p", defaults.top_p)),
         repetition_penalty=float(rp) if rp is not None else defaults.repetition_penalty,
         stop=tuple(str(s) for s in stop),
-        seed=int(body["seed"]) if body.get("seed") is not None else None)
+        seed=int(body["seed"]) if body.get("seed") is not None else None,
+        ignore_eos=bool(body.get("ignore_eos", False)))
 
 
 def _check(params: GenParams) -> str | None:

@@ -124,6 +124,16 @@ def tight(embedded_model_dir: Path) -> Iterator[LocalChatModel]:
     yield from make_model(embedded_model_dir, max_batch_size=1, max_queue=1)
 
 
+async def test_ignore_eos_runs_answers_to_their_full_length(model: LocalChatModel) -> None:
+    q = "Answer with one word: is the sky blue?"
+    natural, info = await run(model, q, GenParams(max_new_tokens=48, temperature=0))
+    assert info.finish_reason == "stop" and info.completion_tokens < 48
+    fixed, info = await run(model, q, GenParams(max_new_tokens=48, temperature=0,
+                                                ignore_eos=True))
+    assert info.finish_reason == "length" and info.completion_tokens == 48
+    assert fixed.startswith(natural)
+
+
 async def test_queue_full_and_cancellation_free_the_slot(tight: LocalChatModel) -> None:
     long = GenParams(max_new_tokens=400, temperature=0.0)
     first_delta = asyncio.Event()

@@ -49,7 +49,7 @@ async def test_streams_text_and_sends_settings(served: tuple[FakeChatModel,
     fake, remote = served
     info = StreamInfo()
     params = GenParams(max_new_tokens=50, temperature=0.0, top_p=0.5, repetition_penalty=1.3,
-                       stop=("zzz",), seed=7)
+                       stop=("zzz",), seed=7, ignore_eos=True)
     deltas = [d async for d in remote.stream(MSGS, params, info=info)]
     assert len(deltas) == 5 and "".join(deltas) == "You said: hello there owl."
     assert info.completion_tokens == 5 and info.finish_reason == "stop"
