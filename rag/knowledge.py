@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import KnowledgeError
-from bot.threads import in_short_thread
+from bot.threads import torch_serial_executor
 from rag.base import Embedder, IngestResult, Passage
 from rag.chunking import Chunk, Chunker
 from rag.extract import Skip, extract, read_file, size_limit_reason
@@ -84,6 +84,9 @@ class Knowledge:
         self.chunker = chunker
         self.uploads_dir = storage / "uploads"
         self._write_lock = asyncio.Lock()
+        # searches run here: one thread whose torch ops (the exact vector search) never start an
+        # OpenMP pool next to the chat model's (see bot.threads)
+        self._search_thread = torch_serial_executor("nightowl-search")
         self._mirror_lock = asyncio.Lock()
         self._mirror: _Mirror | None = None
         self._signature: tuple[int, float, int] | None = None
@@ -108,6 +111,7 @@ class Knowledge:
 
     async def aclose(self) -> None:
         self._mirror = None
+        self._search_thread.shutdown(wait=False)
 
     async def __aenter__(self) -> Knowledge:
         return self
@@ -374,7 +378,8 @@ class Knowledge:
             log.warning("the knowledge base was indexed with %r but [rag] embedding_model is %r: "
                         "using keyword search only until you run `nightowl kb reindex`",
                         self.indexed_with, self.embedder.name)
-        return await asyncio.to_thread(self._search, query, k or self.cfg.top_k, mirror, dense_ok)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._search_thread, self._search, query, k or self.cfg.top_k, mirror, dense_ok)
 
     def _search(self, query: str, k: int, mirror: _Mirror, dense_ok: bool
                 ) -> list[Passage]:
@@ -416,9 +421,7 @@ class Knowledge:
         if mirror.vectors is not None:
             import torch
 
-            vectors = mirror.vectors
-            sims = in_short_thread(lambda: torch.mv(
-                vectors, torch.tensor(qvec, dtype=torch.float32)).numpy())
+            sims = torch.mv(mirror.vectors, torch.tensor(qvec, dtype=torch.float32)).numpy()
             top = np.argpartition(-sims, n)[:n] if len(sims) > n else np.arange(len(sims))
             top = top[np.argsort(-sims[top], kind="stable")]
             return [(mirror.ids[i], mirror.texts[i], mirror.metas[i], float(sims[i]))

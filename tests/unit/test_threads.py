@@ -29,3 +29,18 @@ def test_exceptions_reach_the_caller() -> None:
 
     with pytest.raises(ValueError, match="bad input"):
         in_short_thread(boom)
+
+
+def test_short_threads_use_every_core_and_serial_threads_one() -> None:
+    import os
+
+    torch = pytest.importorskip("torch")
+    from bot.threads import torch_serial_executor
+
+    serial = torch_serial_executor("test-serial")
+    try:
+        assert serial.submit(torch.get_num_threads).result() == 1
+        # a new thread would otherwise start with the count the serial thread set last
+        assert in_short_thread(torch.get_num_threads) == (os.cpu_count() or 1)
+    finally:
+        serial.shutdown()
