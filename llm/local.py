@@ -1,16 +1,17 @@
 """LocalChatModel: transformers + peft in this process, with continuous batching.
 
 One worker thread owns the model; the asyncio event loop never runs model code. Requests wait in a
-bounded FIFO queue (``[model] max_queue``) and join the running batch (at most
-``[model] max_batch_size`` rows) between decode steps: the requests waiting at that moment (up to
-8) are prefilled together in one left-padded forward pass (their first tokens streamed at once;
-prompts that arrive together get their first tokens together), then that cache is merged into the
-batch cache with left padding. Every decode step runs ONE forward pass for all running
-requests; each row samples with its own settings (greedy when temperature is 0, top-p,
-repetition penalty, seed), checks its own stop strings / EOS / ``max_new_tokens`` and leaves the
-batch when done; columns that only hold padding are trimmed. Text deltas go back to each caller
-through ``loop.call_soon_threadsafe`` into its ``asyncio.Queue``; cancelling the consumer removes
-the request from the queue or the batch before the next step (its slot is free immediately).
+bounded FIFO queue (``[model] max_queue``) and join the running batch (at most ``[model]
+max_batch_size`` rows) between decode steps: the requests waiting at that moment (up to 8) are
+prefilled together in one right-padded forward pass (causal attention needs no padding mask;
+prompts that arrive together get their first tokens together), then each row's K/V is shifted to
+end in the last column and merged into the batch cache, left-padded. Every decode step runs ONE
+forward pass for all running requests; each row samples with its own settings (greedy when
+temperature is 0, top-p, repetition penalty, seed), checks its own stop strings / EOS /
+``max_new_tokens`` and leaves the batch when done; columns that only hold padding are trimmed. Text
+deltas go back to each caller through ``loop.call_soon_threadsafe`` into its ``asyncio.Queue``;
+cancelling the consumer removes the request from the queue or the batch before the next step (its
+slot is free immediately).
 
 Adapters (LoRA through peft), semantics:
 * ``set_adapter(path, version)`` loads the adapter between two decode steps and makes it the
@@ -600,7 +601,7 @@ class LocalChatModel:
         return self._active
 
     def _admit(self) -> None:
-        """Prefill every waiting request that fits, all in ONE forward pass (left-padded), so
+        """Prefill every waiting request that fits, all in ONE forward pass (right-padded), so
         prompts arriving together get their first tokens together (lower p95 TTFT)."""
         free = self.cfg.max_batch_size - len(self._rows)
         if free <= 0:
@@ -691,31 +692,40 @@ class LocalChatModel:
         torch = self._torch
         from transformers import DynamicCache
 
-        width = max(len(ids) for _, ids in batch)
+        # Right-padded, so that causal attention needs no padding mask (SDPA's causal kernel is
+        # ~1.4x faster than its masked one); afterwards each row's K/V is shifted right so that
+        # all rows end in the same column, as decode steps expect.
+        lens = [len(ids) for _, ids in batch]
+        width = max(lens)
         pad_id = self._tok.pad_token_id
         pad_id = int(pad_id) if pad_id is not None else 0
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
         for i, (_, ids) in enumerate(batch):
-            input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            mask[i, width - len(ids):] = 1
-        input_ids, mask = input_ids.to(self._device), mask.to(self._device)
-        kw: dict[str, Any] = {}
-        padded = len(batch) > 1 and bool((mask == 0).any())
-        if padded:
-            kw["attention_mask"] = mask
-            kw["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+            input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        input_ids = input_ids.to(self._device)
+        shift = torch.tensor([width - n for n in lens], device=self._device)
+        cols = torch.arange(width, device=self._device)
+        mask = (cols[None, :] >= shift[:, None]).long()  # after the shift: 1 = real token
+        padded = bool((shift > 0).any())
+        lasts = sorted(set(n - 1 for n in lens))  # the positions whose logits are needed
         rows = [row for row, _ in batch]
         cache = DynamicCache()
         out = self._forward(input_ids, [r.name for r in rows], past_key_values=cache,
-                            logits_to_keep=1, **kw)
+                            logits_to_keep=torch.tensor(lasts, device=self._device)
+                            if padded else 1)
         cache = out.past_key_values
-        if padded:  # padding positions never matter; make sure they hold no NaN/garbage
+        logits = out.logits[:, -1]
+        if padded:
+            pick = torch.tensor([lasts.index(n - 1) for n in lens], device=self._device)
+            logits = out.logits[torch.arange(len(batch), device=self._device), pick]
+            # row i's token t moves to column t + shift[i]; the columns before hold zeros
+            src = (cols[None, :] - shift[:, None]) % width
             hole = (mask == 0)[:, None, :, None]
             for layer in cache.layers:
-                layer.keys = layer.keys.masked_fill(hole, 0)
-                layer.values = layer.values.masked_fill(hole, 0)
-        self._emit_all(rows, out.logits[:, -1])
+                index = src[:, None, :, None].expand_as(layer.keys)
+                layer.keys = layer.keys.gather(2, index).masked_fill(hole, 0)
+                layer.values = layer.values.gather(2, index).masked_fill(hole, 0)
+        self._emit_all(rows, logits)
         keep = [i for i, r in enumerate(rows) if not r.done]
         for row in rows:
             if row.done:
