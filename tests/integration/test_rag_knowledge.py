@@ -16,6 +16,7 @@ from rag.base import citations, format_context
 from rag.cli import cmd_ingest, cmd_kb_list, cmd_kb_reindex, cmd_kb_remove
 from rag.fake import HashEmbedder
 from rag.knowledge import Knowledge, ensure_sample, open_knowledge
+from tests.fakes.documents import blank_pdf, docx_bytes, text_pdf
 
 DOCS = Path(__file__).resolve().parent.parent / "data" / "rag" / "docs"
 
@@ -25,37 +26,6 @@ async def kb(cfg: Config, store: Store) -> AsyncIterator[Knowledge]:
     k = await open_knowledge(cfg, store)
     yield k
     await k.aclose()
-
-
-def text_pdf(text: str) -> bytes:
-    """A one-page PDF with a real text layer (Helvetica)."""
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objs = [b"<< /Type /Catalog /Pages 2 0 R >>",
-            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-            b"/Resources << /Font << /F1 5 0 R >> >> >>",
-            b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
-    for i, obj in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
-    return bytes(out)
-
-
-def docx_bytes(heading: str, body: str) -> bytes:
-    import docx
-
-    document = docx.Document()
-    document.add_heading(heading, level=1)
-    document.add_paragraph(body)
-    buf = io.BytesIO()
-    document.save(buf)
-    return buf.getvalue()
 
 
 async def test_every_format_is_ingested_and_retrievable(kb: Knowledge, tmp_path: Path) -> None:
@@ -126,7 +96,7 @@ async def test_bad_files_do_not_stop_the_batch(cfg: Config, store: Store, tmp_pa
     (folder / "c-latin1.txt").write_bytes("Relatório de manutenção: a válvula foi trocada "
                                           "na sexta-feira.".encode("latin-1"))
     (folder / "d-huge.md").write_text("word " * 5000)
-    (folder / "e-scan.pdf").write_bytes(_blank_pdf())
+    (folder / "e-scan.pdf").write_bytes(blank_pdf())
     (folder / "f-program.exe").write_bytes(b"MZ\x90\x00")
     (folder / "g-good.md").write_text("# Good\n\nThe spare keys are in the blue drawer.\n")
     (folder / ".hidden.md").write_text("# Hidden\n\nNot ingested.\n")
@@ -259,16 +229,6 @@ async def test_cli_commands(kb: Knowledge, tmp_path: Path) -> None:
     assert await cmd_kb_remove(kb, "a.md", lines.append) == 0  # bot/cli.py passes one name
     assert lines == ["not found: zzz.md (see `nightowl kb list` for the names)", "removed: a.md"]
     assert await kb.count() == 0
-
-
-def _blank_pdf() -> bytes:
-    from pypdf import PdfWriter
-
-    writer = PdfWriter()
-    writer.add_blank_page(200, 200)
-    buf = io.BytesIO()
-    writer.write(buf)
-    return buf.getvalue()
 
 
 async def test_missing_embedding_model_says_how_to_get_it(cfg: Config, store: Store) -> None:

@@ -13,6 +13,7 @@ from rag.embedder import embedded_model_dir
 from rag.extract import Skip, extract
 from rag.keyword import KeywordIndex, tokenize
 from rag.knowledge import safe_name
+from tests.fakes.documents import blank_pdf, docx_bytes
 
 MB = 1024 * 1024
 
@@ -36,7 +37,7 @@ def test_refusals_have_reasons() -> None:
     assert reason("bin.txt", bytes(range(256)) * 40) == "binary file, not text"
     assert reason("big.md", b"x" * 2048, limit=1024).startswith("too large: 2,048 bytes")
     assert reason("prog.exe", b"MZ\x90\x00").startswith("unsupported file type .exe")
-    assert reason("scan.pdf", _blank_pdf()).startswith("no text layer")
+    assert reason("scan.pdf", blank_pdf()).startswith("no text layer")
     assert reason("broken.pdf", b"%PDF-1.4 garbage").startswith("unreadable")
     assert reason("bad.json", b"{not json").startswith("unreadable: invalid JSON")
     assert reason("x.json", b'[{"title": "no pairs"}]').startswith("no question-answer pairs")
@@ -61,14 +62,8 @@ def test_html_drops_scripts_and_navigation() -> None:
 
 
 def test_docx_headings_become_sections() -> None:
-    import docx
-
-    document = docx.Document()
-    document.add_heading("Holidays", level=1)
-    document.add_paragraph("The office closes on the first of May.")
-    buf = io.BytesIO()
-    document.save(buf)
-    doc = extract("policy.docx", buf.getvalue(), MB)
+    doc = extract("policy.docx", docx_bytes("Holidays", "The office closes on the first of May."),
+                  MB)
     assert "## Holidays" in doc.text and "first of May" in doc.text
 
 
@@ -116,11 +111,3 @@ def test_safe_names() -> None:
     assert len(safe_name("a" * 500 + ".md")) <= 103
 
 
-def _blank_pdf() -> bytes:
-    from pypdf import PdfWriter
-
-    writer = PdfWriter()
-    writer.add_blank_page(200, 200)
-    buf = io.BytesIO()
-    writer.write(buf)
-    return buf.getvalue()
