@@ -527,9 +527,7 @@ class LocalChatModel:
 
     # ---- worker ------------------------------------------------------------------------------
     def _run(self) -> None:
-        torch = self._torch
-        if self._device == "cpu":
-            torch.set_num_threads(self.cfg.threads or os.cpu_count() or 1)
+        torch = self._torch  # thread count: set by _load_model, on this same thread
         with torch.inference_mode():
             while True:
                 with self._lock:
@@ -706,7 +704,7 @@ class LocalChatModel:
         shift = torch.tensor([width - n for n in lens], device=self._device)
         cols = torch.arange(width, device=self._device)
         mask = (cols[None, :] >= shift[:, None]).long()  # after the shift: 1 = real token
-        padded = bool((shift > 0).any())
+        padded = min(lens) < width
         lasts = sorted(set(n - 1 for n in lens))  # the positions whose logits are needed
         rows = [row for row, _ in batch]
         cache = DynamicCache()
