@@ -64,6 +64,7 @@ class ModelConfig:
     max_queue: int = _f(64, 1, 100_000)
     threads: int = _f(0, 0, 512)
     cpu_prepack: bool = True
+    cpu_keep_freed_memory: bool = True
     canary_share: float = _f(0.0, 0.0, 1.0)
     base_url: str = ""
     api_key_env: str = ""

@@ -59,6 +59,7 @@ from bot.errors import AdapterError, BusyError, ModelError
 from llm.adapters import validate_adapter_dir
 from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
 from llm.decode import IncrementalDecoder, StopChecker, sample_batch
+from llm.malloc import keep_freed_memory
 from llm.prepack import PackedWeights, prepack_linears
 
 log = logging.getLogger("nightowl.llm")
@@ -290,6 +291,8 @@ class LocalChatModel:
         if not quant:
             model.to(device)
         model.eval()
+        if device == "cpu" and self.cfg.cpu_keep_freed_memory:
+            keep_freed_memory()
         if device == "cpu" and self.cfg.cpu_prepack:
             self._packed = prepack_linears(model, batch_hint=self.cfg.max_batch_size)
             log.info("prepacked %d linear layers for oneDNN", len(self._packed or []))
