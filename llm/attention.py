@@ -5,13 +5,15 @@ repeats K/V per query head and handles the padding mask in a slow general kernel
 step for 8 left-padded rows costs ~115 ms at 200 cached tokens and ~360 ms at 600. For a single
 query token, grouping the query heads per KV head and doing two small matmuls is 1.4-3x faster
 (~85 / ~120 ms); the padding bias is built once per step and shared by all layers. Prefill
-(many query tokens) calls SDPA with its grouped-query path instead of repeated K/V. The mask
-semantics are SDPA's (``sdpa_mask``: boolean, True = may attend), so padding and causality are
-unchanged.
+(many query tokens) calls SDPA with its grouped-query path instead of repeated K/V; prompts
+packed into one row (``cu_seq_lens_q``, as the engine's prefill sends them) get one causal SDPA
+call each. The mask semantics are SDPA's (``sdpa_mask``: boolean, True = may attend), so padding
+and causality are unchanged.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
@@ -36,6 +38,8 @@ def register() -> str:
         if module.training or kw.get("position_bias") is not None or kw.get("softcap"):
             return sdpa_attention_forward(module, query, key, value, attention_mask,
                                           dropout=dropout, scaling=scaling, **kw)
+        if q_len > 1 and kw.get("cu_seq_lens_q") is not None:
+            return _packed(query, key, value, kw["cu_seq_lens_q"], scale), None
         if q_len > 1:
             if attention_mask is None and key.shape[2] != q_len:
                 return sdpa_attention_forward(module, query, key, value, attention_mask,
@@ -62,6 +66,24 @@ def register() -> str:
     AttentionInterface.register(ATTN_NAME, attention)
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
     return ATTN_NAME
+
+
+def _packed(query: Any, key: Any, value: Any, cu_seq_lens: Any, scale: float) -> Any:
+    """Causal attention within each of the prompts packed into one row (``cu_seq_lens``: their
+    cumulative lengths, as in flash-attention's varlen API): one SDPA call per prompt, so no
+    prompt sees another and each gets the same kernel (and the same bits) as when alone.
+    Returns ``[1, total, heads, dim]``."""
+    import torch
+
+    _, heads, total, dim = query.shape
+    out = torch.empty((1, total, heads, dim), dtype=query.dtype, device=query.device)
+    bounds = cu_seq_lens.tolist()
+    for start, end in itertools.pairwise(bounds):
+        part = torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], scale=scale,
+            is_causal=True, enable_gqa=True)
+        out[:, start:end] = part.transpose(1, 2)
+    return out
 
 
 def _bias(memo: Any, mask: Any, batch: int, kv_len: int, cap: int) -> Any:

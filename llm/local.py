@@ -691,41 +691,41 @@ class LocalChatModel:
 
     def _prefill(self, batch: list[tuple[_Row, list[int]]]) -> None:
         torch = self._torch
-        from transformers import DynamicCache
-
-        # Right-padded, so that causal attention needs no padding mask (SDPA's causal kernel is
-        # ~1.4x faster than its masked one); afterwards each row's K/V is shifted right so that
-        # all rows end in the same column, as decode steps expect.
+        # The prompts are packed into ONE row (no padding: with prompts of 50 and 500 tokens a
+        # padded batch would compute 1,000 tokens for 550), one forward pass per adapter among
+        # them; attention stays within each prompt (llm.attention's packed path). Each row's
+        # K/V then goes into the decode layout: rows right-aligned (left-padded) in one buffer.
+        rows = [row for row, _ in batch]
         lens = [len(ids) for _, ids in batch]
         width = max(lens)
-        pad_id = self._tok.pad_token_id
-        pad_id = int(pad_id) if pad_id is not None else 0
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        for i, (_, ids) in enumerate(batch):
-            input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        input_ids = input_ids.to(self._device)
+        groups: dict[str | None, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(row.name, []).append(i)
+        logits: Any = None
+        cache: Any = None
+        for name, members in groups.items():
+            out = self._forward_packed([batch[i][1] for i in members], name)
+            if logits is None:
+                logits = out.logits.new_empty((len(rows), out.logits.shape[-1]))
+                cache = out.past_key_values
+                shapes = [(len(rows), layer.keys.shape[1], width, layer.keys.shape[3])
+                          for layer in cache.layers]
+                keys = [torch.zeros(shape, dtype=layer.keys.dtype, device=self._device)
+                        for shape, layer in zip(shapes, cache.layers, strict=True)]
+                values = [torch.zeros_like(k) for k in keys]
+            logits[members] = out.logits[0]
+            start = 0
+            for i in members:
+                end = start + lens[i]
+                for k, v, layer in zip(keys, values, out.past_key_values.layers, strict=True):
+                    k[i, :, width - lens[i]:] = layer.keys[0, :, start:end]
+                    v[i, :, width - lens[i]:] = layer.values[0, :, start:end]
+                start = end
+        for layer, k, v in zip(cache.layers, keys, values, strict=True):
+            layer.keys, layer.values = k, v
         shift = torch.tensor([width - n for n in lens], device=self._device)
         cols = torch.arange(width, device=self._device)
-        mask = (cols[None, :] >= shift[:, None]).long()  # after the shift: 1 = real token
-        padded = min(lens) < width
-        lasts = sorted(set(n - 1 for n in lens))  # the positions whose logits are needed
-        rows = [row for row, _ in batch]
-        cache = DynamicCache()
-        out = self._forward(input_ids, [r.name for r in rows], past_key_values=cache,
-                            logits_to_keep=torch.tensor(lasts, device=self._device)
-                            if padded else 1)
-        cache = out.past_key_values
-        logits = out.logits[:, -1]
-        if padded:
-            pick = torch.tensor([lasts.index(n - 1) for n in lens], device=self._device)
-            logits = out.logits[torch.arange(len(batch), device=self._device), pick]
-            # row i's token t moves to column t + shift[i]; the columns before hold zeros
-            src = (cols[None, :] - shift[:, None]) % width
-            hole = (mask == 0)[:, None, :, None]
-            for layer in cache.layers:
-                index = src[:, None, :, None].expand_as(layer.keys)
-                layer.keys = layer.keys.gather(2, index).masked_fill(hole, 0)
-                layer.values = layer.values.gather(2, index).masked_fill(hole, 0)
+        mask = (cols[None, :] >= shift[:, None]).long()  # 1 = a real token
         self._emit_all(rows, logits)
         keep = [i for i, r in enumerate(rows) if not r.done]
         for row in rows:
@@ -746,6 +746,22 @@ class LocalChatModel:
                 layer.values = layer.values[:, :, lead:]
             mask = mask[:, lead:]
         self._merge([rows[i] for i in keep], cache, mask)
+
+    def _forward_packed(self, prompts: list[list[int]], name: str | None) -> Any:
+        """One forward pass over ``prompts`` packed into a single row; the logits are those of
+        each prompt's last token (``[1, len(prompts), vocab]``)."""
+        torch = self._torch
+        from transformers import DynamicCache
+
+        lens = [len(ids) for ids in prompts]
+        ids = torch.tensor([[t for p in prompts for t in p]], dtype=torch.long,
+                           device=self._device)
+        positions = torch.cat([torch.arange(n, device=self._device) for n in lens])[None]
+        bounds = torch.tensor([0, *lens], device=self._device).cumsum(0)
+        return self._forward(ids, [name], past_key_values=DynamicCache(),
+                             position_ids=positions, logits_to_keep=bounds[1:] - 1,
+                             cu_seq_lens_q=bounds, cu_seq_lens_k=bounds,
+                             max_length_q=max(lens), max_length_k=max(lens))
 
     def _merge(self, rows: list[_Row], cache: Any, mask: Any) -> None:
         torch = self._torch

@@ -67,3 +67,34 @@ def test_kernel_matches_sdpa_on_padded_prefill_and_decode(embedded_model_dir: Pa
         assert torch.equal(a.argmax(-1), b.argmax(-1))
     if rows == 2:  # the padded row really is padded: its logits differ from the other row's
         assert not torch.allclose(ours[0][0], ours[0][1], atol=1e-2)
+
+
+def test_packed_prompts_attend_only_within_themselves(embedded_model_dir: Path) -> None:
+    """Three prompts packed into one row (the engine's prefill) give each prompt's logits and
+    K/V as transformers' SDPA computes them for that prompt alone."""
+    from transformers import DynamicCache
+
+    from llm.attention import register
+
+    ours, ref = _load(embedded_model_dir, register()), _load(embedded_model_dir, "sdpa")
+    torch.manual_seed(1)
+    prompts = [torch.randint(100, 5000, (n,)) for n in (7, 3, 5)]
+    lens = [len(p) for p in prompts]
+    bounds = torch.tensor([0, *lens]).cumsum(0)
+    with torch.inference_mode():
+        packed = ours(input_ids=torch.cat(prompts)[None], use_cache=True,
+                      past_key_values=DynamicCache(),
+                      position_ids=torch.cat([torch.arange(n) for n in lens])[None],
+                      logits_to_keep=bounds[1:] - 1, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds,
+                      max_length_q=max(lens), max_length_k=max(lens))
+        for i, prompt in enumerate(prompts):
+            alone = ref(input_ids=prompt[None], use_cache=True, past_key_values=DynamicCache(),
+                        logits_to_keep=1)
+            assert torch.allclose(packed.logits[0, i], alone.logits[0, -1], atol=2e-3, rtol=1e-3)
+            start, end = int(bounds[i]), int(bounds[i + 1])
+            for mine, theirs in zip(packed.past_key_values.layers,
+                                    alone.past_key_values.layers, strict=True):
+                assert torch.allclose(mine.keys[0, :, start:end], theirs.keys[0], atol=2e-3)
+                assert torch.allclose(mine.values[0, :, start:end], theirs.values[0], atol=2e-3)
+    # and the prompts really are different: attending across them would have changed these
+    assert not torch.allclose(packed.logits[0, 0], packed.logits[0, 1], atol=1e-2)
