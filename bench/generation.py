@@ -14,7 +14,9 @@ from the first submission to the last token, TTFT is the time from submission to
 streamed text. The naive baseline generates the same lengths (``min_new_tokens``). Five rounds
 each measure one single stream and then 8 concurrent chats back to back; the figures are the
 medians over the rounds, and ``speedup_vs_single`` is the median of the per-round ratios (listed
-in ``speedup_vs_single_rounds``, the 8-chat rates in ``concurrent8_rounds``).
+in ``speedup_vs_single_rounds``, the 8-chat rates in ``concurrent8_rounds``). No prompt is sent
+twice (each request takes a new one from a pool of distinct prompts, the same sequence for every
+server compared), so a server's prompt cache never skips a prefill a new chat would need.
 """
 
 from __future__ import annotations
@@ -101,25 +103,41 @@ class Workload:
                          repetition_penalty=1.2, seed=1000 + i, ignore_eos=self.fixed)
 
 
-async def measure(model: ChatModel, work: Workload, naive: Any,
-                  ps: list[list[ChatMessage]] | None = None, repeats: int = 5
+class Pool:
+    """Prompts handed out once each: no request repeats an earlier one, so a server that caches
+    prompt prefixes (llama-server does by default) cannot skip a prefill that a new chat needs."""
+
+    def __init__(self, ps: list[list[ChatMessage]]) -> None:
+        self.ps, self.used = ps, 0
+
+    def take(self, n: int) -> list[list[ChatMessage]]:
+        if self.used + n > len(self.ps):
+            raise SystemExit(f"bench: only {len(self.ps)} prompts; raise PROMPTS")
+        self.used += n
+        return self.ps[self.used - n:self.used]
+
+
+PROMPTS = 100  # measure() takes 1 + 5 x 9 + 32 + 8, with_adapter() 3 + 8
+
+
+async def measure(model: ChatModel, work: Workload, naive: Any, pool: Pool, repeats: int = 5
                   ) -> dict[str, Any]:
-    ps = ps or prompts(32, model.count_tokens)
-    await run_one(model, ps[0], Workload(4, work.fixed).params(0))  # warm-up
+    await run_one(model, pool.take(1)[0], Workload(4, work.fixed).params(0))  # warm-up
     # ``repeats`` rounds, each one single stream followed at once by 8 concurrent chats: the
     # ratio is taken within a round and the median reported, so the drift of this shared 2-core
     # VM's speed (+-10 % from one minute to the next) falls on both sides of it
     singles, rounds = [], []
     for r in range(repeats):
-        singles.append(await run_one(model, ps[r % 3], work.params(r % 3)))
-        rounds.append(await concurrent(model, ps[:8], [work.params(i) for i in range(8)]))
+        singles.append(await run_one(model, pool.take(1)[0], work.params(r)))
+        rounds.append(await concurrent(model, pool.take(8), [work.params(i) for i in range(8)]))
     single_tok_s = statistics.median(r["decode_tok_s"] for r in singles)
     ttft_single = statistics.median(r["ttft"] for r in singles)
     ratios = [c["tok_s"] / s["decode_tok_s"] for s, c in zip(singles, rounds, strict=True)
               if s["decode_tok_s"]]
     c8 = {key: statistics.median(r[key] for r in rounds) for key in ("tok_s", "p50", "p95")}
-    c32 = await concurrent(model, ps[:32], [work.params(i) for i in range(32)])
-    naive_tok_s = await naive(ps[:8], [work.params(i) for i in range(8)])
+    c32 = await concurrent(model, pool.take(32), [work.params(i) for i in range(32)])
+    naive_ps = pool.take(8)
+    naive_tok_s = await naive(naive_ps, [work.params(i) for i in range(8)])
     return {
         "single_tok_s": round(single_tok_s, 1), "ttft_single_s": round(ttft_single, 3),
         "concurrent8_tok_s": round(c8["tok_s"], 1), "concurrent32_tok_s": round(c32["tok_s"], 1),
@@ -128,7 +146,7 @@ async def measure(model: ChatModel, work: Workload, naive: Any,
         "naive_tok_s": round(naive_tok_s, 1),
         "speedup_vs_single": round(statistics.median(ratios), 2) if ratios else None,
         "speedup_vs_naive": round(c8["tok_s"] / naive_tok_s, 2) if naive_tok_s else None,
-        "prompt_tokens": model.count_tokens(ps[0]), "new_tokens": work.new_tokens,
+        "prompt_tokens": model.count_tokens(naive_ps[0]), "new_tokens": work.new_tokens,
         "fixed_length": work.fixed, "concurrent8_rounds": [round(r["tok_s"], 1) for r in rounds],
         "speedup_vs_single_rounds": [round(x, 2) for x in ratios],
     }
@@ -177,7 +195,8 @@ async def bench_openai(base_url: str, name: str, work: Workload,
     cfg = ModelConfig(backend="openai", base_url=base_url, name=name, max_queue=1000)
     model = OpenAIChatModel(cfg)
     try:
-        return await measure(model, work, sequential_naive(model), ps)
+        ps = ps or prompts(PROMPTS, model.count_tokens)
+        return await measure(model, work, sequential_naive(model), Pool(ps))
     finally:
         await model.aclose()
 
@@ -193,10 +212,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     cfg = ModelConfig(max_batch_size=args.batch, max_queue=1000, threads=args.threads)
     model = await LocalChatModel.open(cfg, Path(args.storage), say=lambda s: None)
     try:
-        ps = prompts(32, model.count_tokens)  # the same prompts go to llama.cpp, if compared
-        result = await measure(model, work, hf_naive(model), ps)
+        ps = prompts(PROMPTS, model.count_tokens)  # llama.cpp, if compared, gets the same
+        pool = Pool(ps)
+        result = await measure(model, work, hf_naive(model), pool)
         if args.adapter:
-            result.update(await with_adapter(model, ps, work))
+            result.update(await with_adapter(model, pool, work))
     finally:
         await model.aclose()
     result["backend"] = f"local batch={args.batch}"
@@ -205,8 +225,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def with_adapter(model: Any, ps: list[list[ChatMessage]], work: Workload
-                       ) -> dict[str, Any]:
+async def with_adapter(model: Any, pool: Pool, work: Workload) -> dict[str, Any]:
     """Single stream and 8 concurrent chats with a LoRA adapter active (the state after the first
     nightly training): a random r=16 adapter on every linear layer, like [training]'s default."""
     import tempfile
@@ -230,8 +249,9 @@ async def with_adapter(model: Any, ps: list[list[ChatMessage]], work: Workload
     with tempfile.TemporaryDirectory() as tmp:
         await model._call(lambda: make(Path(tmp)))  # torch work stays on the worker thread
         await model.set_adapter(Path(tmp), "bench")
-        singles = [await run_one(model, ps[i], work.params(i)) for i in range(3)]
-        c8 = await concurrent(model, ps[:8], [work.params(i) for i in range(8)])
+        singles = [await run_one(model, msgs, work.params(i))
+                   for i, msgs in enumerate(pool.take(3))]
+        c8 = await concurrent(model, pool.take(8), [work.params(i) for i in range(8)])
         await model.set_adapter(None, None)
     return {"adapter_single_tok_s": round(statistics.median(r["decode_tok_s"] for r in singles), 1),
             "adapter_concurrent8_tok_s": round(c8["tok_s"], 1),
