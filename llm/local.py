@@ -3,9 +3,10 @@
 One worker thread owns the model; the asyncio event loop never runs model code. Requests wait in a
 bounded FIFO queue (``[model] max_queue``) and join the running batch (at most ``[model]
 max_batch_size`` rows) between decode steps: the requests waiting at that moment (up to 8) are
-prefilled together in one right-padded forward pass (causal attention needs no padding mask;
-prompts that arrive together get their first tokens together), then each row's K/V is shifted to
-end in the last column and merged into the batch cache, left-padded. Every decode step runs ONE
+prefilled together, packed into one row without padding (one forward pass per adapter among
+them; attention stays within each prompt; prompts that arrive together get their first tokens
+together), then each prompt's K/V is copied to end in the last column and merged into the batch
+cache, left-padded. Every decode step runs ONE
 forward pass for all running requests; each row samples with its own settings (greedy when
 temperature is 0, top-p, repetition penalty, seed), checks its own stop strings / EOS /
 ``max_new_tokens`` and leaves the batch when done; columns that only hold padding are trimmed. Text
@@ -602,7 +603,7 @@ class LocalChatModel:
         return self._active
 
     def _admit(self) -> None:
-        """Prefill every waiting request that fits, all in ONE forward pass (right-padded), so
+        """Prefill every waiting request that fits, all together (packed, see _prefill), so
         prompts arriving together get their first tokens together (lower p95 TTFT)."""
         free = self.cfg.max_batch_size - len(self._rows)
         if free <= 0:
