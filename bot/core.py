@@ -470,6 +470,9 @@ class Core:
                                  "/ingest to a document.", ok=False)
         lines = []
         for att in inc.attachments:
+            if att.problem:
+                lines.append(f"skipped: {att.name} ({att.problem})")
+                continue
             limit = int(self.cfg.rag.max_file_mb * 1024 * 1024)
             if att.size > limit:
                 lines.append(f"skipped: {att.name} (too large: {att.size:,} bytes, the limit is "

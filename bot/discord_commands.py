@@ -106,12 +106,10 @@ def register_commands(bot: DiscordBot) -> None:
             from bot.discord_bot import attachment_problem
 
             problem = attachment_problem(attachment.filename, attachment.size,
-                                         bot.dc.max_attachment_mb)
-            if problem:
-                await tell(interaction, f"Refused {attachment.filename}: {problem}.")
-                return
+                                         bot.dc.max_attachment_mb)  # refused by the core, audited
             atts = (Attachment(name=attachment.filename, size=attachment.size,
-                               fetch=attachment.read, mime=attachment.content_type or ""),)
+                               fetch=attachment.read, mime=attachment.content_type or "",
+                               problem=problem or ""),)
         inc = bot.incoming(interaction.user, interaction.channel_id or 0, args, attachments=atts)
         result = await core.command(inc, name, args)
         files = [discord.File(p) for p in result.files if p.exists()]

@@ -10,12 +10,15 @@ from typing import Any, Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class Attachment:
-    """A file the user sent. ``fetch`` downloads it (adapters decide how)."""
+    """A file the user sent. ``fetch`` downloads it (adapters decide how). ``problem`` says why
+    the platform cannot hand it over (too large for its API, a type nothing reads): the core then
+    refuses it inside the audited command instead of the adapter refusing it unrecorded."""
 
     name: str
     size: int
     fetch: Callable[[], Awaitable[bytes]]
     mime: str = ""
+    problem: str = ""
 
 
 @dataclass(frozen=True)

@@ -277,14 +277,13 @@ class TelegramBot:
         if doc is not None:
             name = doc.file_name or f"document-{doc.file_unique_id}"
             limit = int(self.tcfg.max_document_mb * 1024 * 1024)
-            if self.is_admin(user.id) and (doc.file_size or 0) > limit:
-                await self.sender.send_text(
-                    msg.chat_id, f"skipped: {name} (too large: {doc.file_size:,} bytes; the limit "
-                    f"for documents sent over Telegram is {self.tcfg.max_document_mb:g} MB)",
-                    reply_to=self._reply_to(msg))
-                return
+            problem = ""
+            if (doc.file_size or 0) > limit:  # getFile refuses these; the core says so (audited)
+                problem = (f"too large: {doc.file_size:,} bytes; the limit for documents sent "
+                           f"over Telegram is {self.tcfg.max_document_mb:g} MB")
             attachments = (Attachment(name=name, size=doc.file_size or 0, mime=doc.mime_type or "",
-                                      fetch=functools.partial(self._download, doc.file_id)),)
+                                      fetch=functools.partial(self._download, doc.file_id),
+                                      problem=problem),)
         self.queue.accept(update.update_id)  # ingesting may take a while; nothing to store
         result = await self.core.command(self.incoming(update, msg.caption or msg.text or "",
                                                        attachments), "ingest", args)

@@ -184,13 +184,17 @@ async def test_admin_ingest_attachment(discord_env: DiscordEnv) -> None:
     by = f"discord:{env.root['id']}"
     assert env.kb.ingested == [("notes.md", b"# Owls\nOwls are birds.", by)]
     text = await ingest(env.root, "setup.exe", b"MZ")
-    assert text.startswith("Refused setup.exe: unsupported type .exe")
+    assert text.startswith("skipped: setup.exe (unsupported type .exe")
     text = await ingest(env.root, "huge.txt", b"x" * 20_000)
-    assert text.startswith("Refused huge.txt: too large")
+    assert text.startswith("skipped: huge.txt (too large")
     assert await ingest(env.bob, "notes.md", b"sneaky") == "/ingest is for admins only."
     assert len(env.kb.ingested) == 1
-    audit = {(a["actor"], a["action"], a["allowed"]) for a in await store.audit_log()}
-    assert audit == {(env.root["id"], "ingest", 1), (env.bob["id"], "ingest", 0)}
+    audit = [(a["actor"], a["action"], a["allowed"], a["result"])
+             for a in reversed(await store.audit_log())]
+    assert [a[:3] for a in audit] == [(env.root["id"], "ingest", 1)] * 3 + [
+        (env.bob["id"], "ingest", 0)]
+    assert audit[1][3].startswith("skipped: setup.exe (unsupported type")
+    assert audit[2][3].startswith("skipped: huge.txt (too large")  # refusals are audited too
 
 
 async def test_admin_notifier_attaches_files(discord_env: DiscordEnv, tmp_path: Path) -> None:

@@ -361,9 +361,13 @@ async def test_ingest_documents_through_get_file(tmp_path: Path, fake: FakeTeleg
         big = fake.document(achat, admin, "huge.txt", b"x", size=25 * 1024 * 1024,
                             caption="/ingest")
         await env.send(big)
-        assert "too large" in fake.last_message(ADMIN).text
+        assert fake.last_message(ADMIN).text.startswith("skipped: huge.txt (too large")
         assert "20 MB" in fake.last_message(ADMIN).text
-        assert len(fake.calls_of("getFile")) == 2
+        assert len(fake.calls_of("getFile")) == 2  # never downloaded
+        refusal = (await env.store.audit_log(1))[0]  # refused inside the audited command
+        assert (refusal["actor"], refusal["action"], refusal["allowed"]) == \
+            (str(ADMIN), "ingest", 1)
+        assert refusal["result"].startswith("skipped: huge.txt (too large")
 
         await env.send(fake.document(uchat, user, "mine.md", b"hi", caption="/ingest"))
         assert "for admins only" in fake.last_message(USER).text
