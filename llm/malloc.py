@@ -5,8 +5,9 @@ and a forward pass then touches fresh pages again: measured on the 2-core CPU, o
 8 x 200 tokens took ~120,000 minor page faults (~470 MB of zero-filled pages) and 10-20 % of
 its time. Raising the trim and mmap thresholds (what jemalloc/tcmalloc do by design, and what
 ``MALLOC_TRIM_THRESHOLD_`` etc. would do if set before start-up) keeps the pages mapped for the
-next pass: zero faults after the first one. The price is that the process holds on to its peak
-working set (here ~0.5 GB beyond the weights) instead of shrinking between bursts.
+next pass: zero faults after the first one. The price is that memory freed after a burst stays
+with the process; measured with the embedded model, RSS after 8 and then 32 concurrent chats was
+1.41 GB against 1.38 GB with glibc's defaults (which return little of it either).
 """
 
 from __future__ import annotations
