@@ -18,6 +18,7 @@ import threading
 from typing import Any
 
 ATTN_NAME = "nightowl_decode"
+PACKED_MARK = "nightowl_packed"  # kwarg: a list the kernel appends to when it attends per prompt
 
 
 def register() -> str:
@@ -39,6 +40,8 @@ def register() -> str:
             return sdpa_attention_forward(module, query, key, value, attention_mask,
                                           dropout=dropout, scaling=scaling, **kw)
         if q_len > 1 and kw.get("cu_seq_lens_q") is not None:
+            if (seen := kw.get(PACKED_MARK)) is not None:
+                seen.append(module.layer_idx if hasattr(module, "layer_idx") else 0)
             return _packed(query, key, value, kw["cu_seq_lens_q"], scale), None
         if q_len > 1:
             if attention_mask is None and key.shape[2] != q_len:

@@ -58,6 +58,7 @@ from typing import Any
 from bot.config import ModelConfig
 from bot.errors import AdapterError, BusyError, ModelError
 from llm.adapters import validate_adapter_dir
+from llm.attention import PACKED_MARK
 from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
 from llm.decode import IncrementalDecoder, StopChecker, sample_batch
 from llm.malloc import keep_freed_memory
@@ -197,6 +198,10 @@ class LocalChatModel:
         # token and row: fewer wake-ups of the event loop competing with the worker)
         self._outbox: list[tuple[_Request, str, Any]] = []
         self._grow: Any = None  # K/V cache layer class with spare capacity (see _grow_layer_class)
+        # False once the model showed that it does not pass the packing kwargs on to the
+        # attention kernel (an architecture outside transformers' attention interface): each
+        # prompt is then prefilled on its own
+        self._packing = True
         self._tokens_window: collections.deque[tuple[float, int]] = collections.deque()
         self._served = 0
 
@@ -702,26 +707,32 @@ class LocalChatModel:
         groups: dict[str | None, list[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault(row.name, []).append(i)
+        packs = [(name, [members] if self._packing else [[i] for i in members])
+                 for name, members in groups.items()]
         logits: Any = None
         cache: Any = None
-        for name, members in groups.items():
-            out = self._forward_packed([batch[i][1] for i in members], name)
-            if logits is None:
-                logits = out.logits.new_empty((len(rows), out.logits.shape[-1]))
-                cache = out.past_key_values
-                shapes = [(len(rows), layer.keys.shape[1], width, layer.keys.shape[3])
-                          for layer in cache.layers]
-                keys = [torch.zeros(shape, dtype=layer.keys.dtype, device=self._device)
-                        for shape, layer in zip(shapes, cache.layers, strict=True)]
-                values = [torch.zeros_like(k) for k in keys]
-            logits[members] = out.logits[0]
-            start = 0
-            for i in members:
-                end = start + lens[i]
-                for k, v, layer in zip(keys, values, out.past_key_values.layers, strict=True):
-                    k[i, :, width - lens[i]:] = layer.keys[0, :, start:end]
-                    v[i, :, width - lens[i]:] = layer.values[0, :, start:end]
-                start = end
+        for name, parts in packs:
+            for part in parts:
+                out = self._forward_packed([batch[i][1] for i in part], name)
+                if out is None:  # no packing for this model: one prompt at a time (this
+                    parts.extend([i] for i in part)  # loop goes on over the parts added here)
+                    continue
+                if logits is None:
+                    logits = out.logits.new_empty((len(rows), out.logits.shape[-1]))
+                    cache = out.past_key_values
+                    keys = [torch.zeros((len(rows), layer.keys.shape[1], width,
+                                         layer.keys.shape[3]), dtype=layer.keys.dtype,
+                                        device=self._device) for layer in cache.layers]
+                    values = [torch.zeros_like(k) for k in keys]
+                logits[part] = out.logits[0]
+                start = 0
+                for i in part:
+                    end = start + lens[i]
+                    for k, v, layer in zip(keys, values, out.past_key_values.layers,
+                                           strict=True):
+                        k[i, :, width - lens[i]:] = layer.keys[0, :, start:end]
+                        v[i, :, width - lens[i]:] = layer.values[0, :, start:end]
+                    start = end
         for layer, k, v in zip(cache.layers, keys, values, strict=True):
             layer.keys, layer.values = k, v
         shift = torch.tensor([width - n for n in lens], device=self._device)
@@ -750,7 +761,9 @@ class LocalChatModel:
 
     def _forward_packed(self, prompts: list[list[int]], name: str | None) -> Any:
         """One forward pass over ``prompts`` packed into a single row; the logits are those of
-        each prompt's last token (``[1, len(prompts), vocab]``)."""
+        each prompt's last token (``[1, len(prompts), vocab]``). None (and packing off from now
+        on) when the model did not hand the segments to llm.attention's kernel: its attention
+        would have crossed from one prompt into the next."""
         torch = self._torch
         from transformers import DynamicCache
 
@@ -759,10 +772,18 @@ class LocalChatModel:
                            device=self._device)
         positions = torch.cat([torch.arange(n, device=self._device) for n in lens])[None]
         bounds = torch.tensor([0, *lens], device=self._device).cumsum(0)
-        return self._forward(ids, [name], past_key_values=DynamicCache(),
-                             position_ids=positions, logits_to_keep=bounds[1:] - 1,
-                             cu_seq_lens_q=bounds, cu_seq_lens_k=bounds,
-                             max_length_q=max(lens), max_length_k=max(lens))
+        seen: list[int] = []  # the kernel appends to it when it attends per segment
+        segments: dict[str, Any] = {} if len(prompts) == 1 else {
+            "cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": max(lens),
+            "max_length_k": max(lens), PACKED_MARK: seen}
+        out = self._forward(ids, [name], past_key_values=DynamicCache(),
+                            position_ids=positions, logits_to_keep=bounds[1:] - 1, **segments)
+        if segments and not seen:
+            log.warning("this model does not pass packed-prompt arguments to its attention; "
+                        "prefilling one prompt at a time")
+            self._packing = False
+            return None
+        return out
 
     def _merge(self, rows: list[_Row], cache: Any, mask: Any) -> None:
         torch = self._torch

@@ -124,6 +124,24 @@ def tight(embedded_model_dir: Path) -> Iterator[LocalChatModel]:
     yield from make_model(embedded_model_dir, max_batch_size=1, max_queue=1)
 
 
+async def test_model_that_cannot_pack_prompts_prefills_them_one_by_one(
+        model: LocalChatModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the packed segments never reach the attention kernel (an architecture that does not
+    pass them on), the engine notices and prefills each prompt alone: same answers."""
+    cases = [("What is the capital of France?", 6), ("Name three colors.", 9),
+             ("Write a haiku about owls.", 7)]
+    params = [GenParams(max_new_tokens=n, temperature=0) for _, n in cases]
+    alone = [(await run(model, q, p))[0] for (q, _), p in zip(cases, params, strict=True)]
+    monkeypatch.setattr("llm.local.PACKED_MARK", "a_mark_the_kernel_never_sees")
+    try:
+        together = await asyncio.gather(*(run(model, q, p)
+                                          for (q, _), p in zip(cases, params, strict=True)))
+        assert model._packing is False  # a pack was tried, seen to fail, and given up
+        assert [t for t, _ in together] == alone
+    finally:
+        model._packing = True
+
+
 async def test_ignore_eos_runs_answers_to_their_full_length(model: LocalChatModel) -> None:
     q = "Answer with one word: is the sky blue?"
     natural, info = await run(model, q, GenParams(max_new_tokens=48, temperature=0))
