@@ -25,8 +25,9 @@ Adapters (LoRA through peft), semantics:
   for it explicitly (``stream(..., adapter=version)``), and the most recently loaded extra adapter
   is the canary: it answers ``[model] canary_share`` of the requests that ask for ACTIVE
   (deterministically: every 1/share-th request). ``set_canary`` changes that.
-* A batch whose rows use different adapters runs in one forward pass with peft's
-  ``adapter_names``; a uniform batch uses the faster plain path.
+* A decode step whose rows use different adapters runs in one forward pass with peft's
+  ``adapter_names``; a uniform batch uses the faster plain path (the active adapter merged into
+  the packed weights on the CPU). A prefill packs each adapter's prompts into a pass of its own.
 * ``StreamInfo.adapter`` is the version that actually answered (None = base model).
 
 Speed notes (2-core AVX-512 CPU, SmolLM2-135M): bf16 is picked automatically where the CPU/GPU
