@@ -148,6 +148,11 @@ class TelegramConfig:
     ack_timeout_s: float = _f(10.0, 0.0, 3600.0)
 
 
+# Discord permissions that may hide /admin from members without them ("" = shown to everyone).
+ADMIN_MENU_PERMISSIONS = ("", "administrator", "manage_guild", "manage_channels",
+                          "manage_messages", "moderate_members")
+
+
 @dataclass(frozen=True)
 class DiscordConfig:
     token_env: str = "DISCORD_BOT_TOKEN"
@@ -159,6 +164,7 @@ class DiscordConfig:
     stream_edit_interval_s: float = _f(1.2, 0.0, 60.0)
     message_content: bool = False
     max_attachment_mb: float = _f(20.0, 0.001, 2000.0)
+    admin_menu_permission: str = _f("", choices=ADMIN_MENU_PERMISSIONS)
     ready_timeout_s: float = _f(60.0, 1.0, 3600.0)
     guild_ready_timeout_s: float = _f(2.0, 0.0, 60.0)
     api_base_url: str = ""

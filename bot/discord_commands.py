@@ -96,7 +96,10 @@ def register_commands(bot: DiscordBot) -> None:
     async def forget(interaction: Interaction) -> None:
         await run(interaction, "forget")
 
-    admin = app_commands.Group(name="admin", description="NightOwl administration (admins only)")
+    shown_to = bot.dc.admin_menu_permission  # "" = everyone; access is checked in code anyway
+    admin = app_commands.Group(
+        name="admin", description="NightOwl administration (admins only)",
+        default_permissions=discord.Permissions(**{shown_to: True}) if shown_to else None)
 
     async def run_admin(interaction: Interaction, name: str, args: str = "",
                         attachment: discord.Attachment | None = None) -> None:

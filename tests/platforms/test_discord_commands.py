@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import discord
 import pytest
 
 from bot.discord_bot import SORRY, DiscordBot
@@ -234,6 +235,22 @@ async def test_commands_synced_only_when_changed(discord_env: DiscordEnv) -> Non
     # Guild-scoped commands still work after an unchanged start.
     _, text = await slash_text(fake, env.alice, "optout")
     assert "will not be used" in text
+
+
+async def test_admin_menu_can_be_hidden_behind_a_permission(discord_env: DiscordEnv) -> None:
+    env, fake = discord_env, discord_env.fake
+
+    def shown_to() -> dict[str, Any]:
+        return {c["name"]: c.get("default_member_permissions") for c in fake.commands["global"]}
+
+    await env.start()
+    assert shown_to()["admin"] is None and shown_to()["ask"] is None  # default: in every menu
+    await env.start(restart=True, admin_menu_permission="manage_guild")
+    assert int(shown_to()["admin"]) == discord.Permissions(manage_guild=True).value
+    assert shown_to()["ask"] is None  # only /admin is hidden
+    # hiding is cosmetic: the check in code still decides who may run it
+    _, text = await slash_text(fake, env.bob, "admin", sub="status")
+    assert text == "/status is for admins only."
 
 
 async def test_command_error_is_reported_and_bot_keeps_running(discord_env: DiscordEnv) -> None:

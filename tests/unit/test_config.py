@@ -43,6 +43,7 @@ def test_relative_storage_dir_resolves_against_config_folder(tmp_path: Path) -> 
     ("[modle]\n", "unknown section [modle]"),
     ("[model]\nmax_new_tokens = 'many'\n", "must be an integer"),
     ("[model]\nbackend = 'gpt'\n", "must be one of 'local', 'openai', 'fake'"),
+    ("[discord]\nadmin_menu_permission = 'root'\n", "'administrator', 'manage_guild'"),
     ("[telegram]\nadmins = [1, 'x']\n", "[telegram].admins[1] must be an integer"),
     ("[model]\nload_in_4bit = true\nload_in_8bit = true\n", "cannot both be true"),
     ("[model]\nbackend = 'openai'\n", "needs base_url"),
