@@ -41,7 +41,7 @@ def register() -> str:
                                           dropout=dropout, scaling=scaling, **kw)
         if q_len > 1 and kw.get("cu_seq_lens_q") is not None:
             if (seen := kw.get(PACKED_MARK)) is not None:
-                seen.append(module.layer_idx if hasattr(module, "layer_idx") else 0)
+                seen.append(True)
             return _packed(query, key, value, kw["cu_seq_lens_q"], scale), None
         if q_len > 1:
             if attention_mask is None and key.shape[2] != q_len:

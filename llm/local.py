@@ -51,7 +51,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -705,35 +705,24 @@ class LocalChatModel:
         rows = [row for row, _ in batch]
         lens = [len(ids) for _, ids in batch]
         width = max(lens)
-        groups: dict[str | None, list[int]] = {}
-        for i, row in enumerate(rows):
-            groups.setdefault(row.name, []).append(i)
-        packs = [(name, [members] if self._packing else [[i] for i in members])
-                 for name, members in groups.items()]
         logits: Any = None
         cache: Any = None
-        for name, parts in packs:
-            for part in parts:
-                out = self._forward_packed([batch[i][1] for i in part], name)
-                if out is None:  # no packing for this model: one prompt at a time (this
-                    parts.extend([i] for i in part)  # loop goes on over the parts added here)
-                    continue
-                if logits is None:
-                    logits = out.logits.new_empty((len(rows), out.logits.shape[-1]))
-                    cache = out.past_key_values
-                    keys = [torch.zeros((len(rows), layer.keys.shape[1], width,
-                                         layer.keys.shape[3]), dtype=layer.keys.dtype,
-                                        device=self._device) for layer in cache.layers]
-                    values = [torch.zeros_like(k) for k in keys]
-                logits[part] = out.logits[0]
-                start = 0
-                for i in part:
-                    end = start + lens[i]
-                    for k, v, layer in zip(keys, values, out.past_key_values.layers,
-                                           strict=True):
-                        k[i, :, width - lens[i]:] = layer.keys[0, :, start:end]
-                        v[i, :, width - lens[i]:] = layer.values[0, :, start:end]
-                    start = end
+        for part, out in self._packed_passes(batch):
+            if logits is None:
+                logits = out.logits.new_empty((len(rows), out.logits.shape[-1]))
+                cache = out.past_key_values
+                keys = [torch.zeros((len(rows), layer.keys.shape[1], width,
+                                     layer.keys.shape[3]), dtype=layer.keys.dtype,
+                                    device=self._device) for layer in cache.layers]
+                values = [torch.zeros_like(k) for k in keys]
+            logits[part] = out.logits[0]
+            start = 0
+            for i in part:
+                end = start + lens[i]
+                for k, v, layer in zip(keys, values, out.past_key_values.layers, strict=True):
+                    k[i, :, width - lens[i]:] = layer.keys[0, :, start:end]
+                    v[i, :, width - lens[i]:] = layer.values[0, :, start:end]
+                start = end
         for layer, k, v in zip(cache.layers, keys, values, strict=True):
             layer.keys, layer.values = k, v
         shift = torch.tensor([width - n for n in lens], device=self._device)
@@ -760,6 +749,23 @@ class LocalChatModel:
             mask = mask[:, lead:]
         self._merge([rows[i] for i in keep], cache, mask)
 
+    def _packed_passes(self, batch: list[tuple[_Row, list[int]]]
+                       ) -> Iterator[tuple[list[int], Any]]:
+        """The prefill's forward passes: (indices into ``batch``, output), one pass per adapter
+        among the rows, or one per prompt once the model has shown it cannot pack."""
+        groups: dict[str | None, list[int]] = {}
+        for i, (row, _) in enumerate(batch):
+            groups.setdefault(row.name, []).append(i)
+        for name, members in groups.items():
+            pending = [members] if self._packing else [[i] for i in members]
+            while pending:
+                part = pending.pop(0)
+                out = self._forward_packed([batch[i][1] for i in part], name)
+                if out is None:  # no packing for this model: these prompts one at a time
+                    pending[:0] = [[i] for i in part]
+                    continue
+                yield part, out
+
     def _forward_packed(self, prompts: list[list[int]], name: str | None) -> Any:
         """One forward pass over ``prompts`` packed into a single row; the logits are those of
         each prompt's last token (``[1, len(prompts), vocab]``). None (and packing off from now
@@ -773,7 +779,7 @@ class LocalChatModel:
                            device=self._device)
         positions = torch.cat([torch.arange(n, device=self._device) for n in lens])[None]
         bounds = torch.tensor([0, *lens], device=self._device).cumsum(0)
-        seen: list[int] = []  # the kernel appends to it when it attends per segment
+        seen: list[bool] = []  # the kernel appends to it when it attends per segment
         segments: dict[str, Any] = {} if len(prompts) == 1 else {
             "cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": max(lens),
             "max_length_k": max(lens), PACKED_MARK: seen}
