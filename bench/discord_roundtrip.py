@@ -20,9 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 async def main(n: int) -> dict[str, object]:
     import logging
 
-    from bot.config import Config, StorageConfig
+    from bot.config import Config
     from bot.core import Core
     from bot.discord_bot import DiscordBot
+    from data.config import StorageConfig
     from data.store import Store
     from llm.fake import FakeChatModel
     from tests.fakes.discord_api import FakeDiscord

@@ -36,8 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.config import ModelConfig  # noqa: E402
 from llm.base import ChatMessage, ChatModel, GenParams, StreamInfo  # noqa: E402
+from llm.config import ModelConfig  # noqa: E402
 
 TOPICS = ["owls", "bread", "rivers", "volcanoes", "chess", "bicycles", "tea", "glaciers",
           "libraries", "bees", "lighthouses", "comets", "gardens", "trains", "whales", "clocks"]

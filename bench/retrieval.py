@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,16 +92,22 @@ async def ask(kb: Any, questions: list[dict[str, str]]
 async def run(args: argparse.Namespace) -> dict[str, float | int | str]:
     import torch
 
-    from bot.config import Config, StorageConfig
+    from data.config import StorageConfig
     from data.store import Store
+    from rag.config import RagConfig
     from rag.knowledge import SAMPLE_DIR, open_knowledge
+
+    @dataclass(frozen=True)
+    class Settings:  # the sections the knowledge base reads (rag.config.KnowledgeSettings)
+        storage: StorageConfig
+        rag: RagConfig
 
     torch.set_num_threads(os.cpu_count() or 1)
     questions = [json.loads(line) for line in (DATA / "eval.jsonl").read_text().splitlines()
                  if line.strip()]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = Config().replace(storage=StorageConfig(dir=str(Path(tmp) / "var")),
-                               rag__embedding_model=args.embedding_model)
+        cfg = Settings(StorageConfig(dir=str(Path(tmp) / "var")),
+                       RagConfig(embedding_model=args.embedding_model))
         async with Store(Path(tmp) / "nightowl.db") as store:
             kb = await open_knowledge(cfg, store)
             base = await kb.ingest([SAMPLE_DIR, DATA / "docs"])

@@ -19,7 +19,9 @@ from typing import Any
 from bot.config import Config
 from bot.core import Core
 from bot.errors import ConfigError
-from data.store import Store, StoreError
+from bot.moderation import build_guard
+from data.errors import StoreError
+from data.store import Store
 
 log = logging.getLogger("nightowl.app")
 
@@ -79,7 +81,7 @@ async def open_services(cfg: Config, *, say: Say = print, knowledge: bool = True
         stale = await store.fail_stale_runs()
         if stale:
             log.warning("marked %d interrupted training run(s) as failed", stale)
-        model = await open_model(cfg, say=say)
+        model = await open_model(cfg.model, cfg.storage.path, say=say)
         stack.push_async_callback(model.aclose)
         kb = None
         if knowledge and cfg.rag.enabled:
@@ -95,7 +97,7 @@ async def open_services(cfg: Config, *, say: Say = print, knowledge: bool = True
         if learning:
             from training.service import LearningService
 
-            service = LearningService(cfg, store, model)
+            service = LearningService(cfg, store, model, guard=build_guard(cfg.moderation))
             await service.activate_on_start()
         core = Core(cfg, store, model, kb, service)
         try:
@@ -187,7 +189,7 @@ async def _housekeeping(svc: Services, every_s: float = 300.0) -> None:
                     log.info("retention: deleted %d old conversations", deleted)
             runs = await svc.store.runs(1)
             if runs:
-                svc.core.metrics.training.set(1.0 if runs[0]["status"] == "promoted" else 0.0)
+                svc.core.metrics.training.set(1.0 if runs[0].status == "promoted" else 0.0)
         except Exception:
             log.exception("housekeeping failed")
         await asyncio.sleep(every_s)

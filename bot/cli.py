@@ -11,9 +11,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 
 from bot.config import Config, load_config
-from bot.errors import NightOwlError
+from bot.errors import USER_ERRORS, NightOwlError
 from bot.logs import setup_logging
-from data.store import StoreError
 
 EXIT_ERROR = 2
 
@@ -109,16 +108,16 @@ async def _status(cfg: Config) -> int:
               f"({len(registry.versions())} versions on disk)")
         if cfg.rag.enabled:
             sources = await store.kb_sources()
-            chunks = sum(int(s["chunks"]) for s in sources)
+            chunks = sum(s.chunks for s in sources)
             print(f"Knowledge: {len(sources)} sources, {chunks} chunks")
-        print(f"Conversations: {stats['conversations']}, messages: {stats['messages']}, "
-              f"users: {stats['users']}, feedback: {stats['feedback']}, "
-              f"corrections: {stats['corrections']}")
+        print(f"Conversations: {stats.conversations}, messages: {stats.messages}, "
+              f"users: {stats.users}, feedback: {stats.feedback}, "
+              f"corrections: {stats.corrections}")
         runs = await store.runs(1)
         if runs:
             r = runs[0]
-            print(f"Last training run: #{r['id']} {r['status']} {r['version'] or ''} "
-                  f"{r['summary']}".rstrip())
+            print(f"Last training run: #{r.id} {r.status} {r.version or ''} "
+                  f"{r.summary}".rstrip())
         else:
             print("Last training run: none")
         pending = len(await store.pending_messages())
@@ -183,15 +182,12 @@ async def _restore(cfg: Config, path: str) -> int:
 
 async def _serve_openai(cfg: Config, host: str, port: int) -> int:
     from bot.app import prepare_environment
-    from llm.base import GenParams
     from llm.factory import open_model
     from llm.openai_server import serve_openai
 
     prepare_environment(cfg)
-    model = await open_model(cfg, say=_say_err)
-    m = cfg.model
-    defaults = GenParams(max_new_tokens=m.max_new_tokens, temperature=m.temperature,
-                         top_p=m.top_p, repetition_penalty=m.repetition_penalty)
+    model = await open_model(cfg.model, cfg.storage.path, say=_say_err)
+    defaults = cfg.model.gen_params()
     _say_err(f"Serving {model.name} at http://{host}:{port}/v1 (Ctrl+C to stop).")
     try:
         await serve_openai(model, host, port, defaults=defaults)
@@ -236,16 +232,17 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> Coroutine[object, object,
         extra = (args.source,) if args.kb_command == "remove" else ()
         return _with_kb(cfg, action, *extra)
     if cmd in ("train", "adapters", "rollback", "export", "export-model"):
+        from bot.moderation import build_guard
         from training import cli as tcli
 
         if cmd == "train":
-            return _with_store(cfg, tcli.cmd_train)
+            return _with_store(cfg, tcli.cmd_train, build_guard(cfg.moderation))
         if cmd == "adapters":
             return _sync(tcli.cmd_adapters, cfg)
         if cmd == "rollback":
             return _sync(tcli.cmd_rollback, cfg, args.version)
         if cmd == "export":
-            return _with_store(cfg, tcli.cmd_export, args.out)
+            return _with_store(cfg, tcli.cmd_export, args.out, build_guard(cfg.moderation))
         return _sync(tcli.cmd_export_model, cfg, args.out_dir, args.merged, args.gguf)
     if cmd == "backup":
         return _backup(cfg, args.path)
@@ -267,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         setup_logging(cfg, quiet=args.command in ("chat", "ask"))
         return asyncio.run(dispatch(args, cfg))
-    except (NightOwlError, StoreError) as exc:
+    except USER_ERRORS as exc:
         print(f"nightowl: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -1,7 +1,11 @@
 """Typed configuration: one object loaded once from ``config.toml`` and passed down.
 
-Every setting is a dataclass field. Unknown keys, wrong types and out-of-range values are errors
-whose message names the file, the key and what is allowed. Secrets never live in the file: a
+Each package owns its section next to the code that reads it (``[storage]`` in ``data.config``,
+``[model]`` in ``llm.config``, ``[rag]`` in ``rag.config``, ``[training]``/``[privacy]`` in
+``training.config``); this module defines the bot's own sections, composes them all into
+:class:`Config`, and is the one TOML loader. Every setting is a dataclass field. Unknown keys,
+wrong types and out-of-range values are errors whose message names the file, the key and what
+is allowed. Secrets never live in the file: a
 ``*_env`` setting names the environment variable that holds them.
 """
 
@@ -17,119 +21,23 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ConfigError
+from data.config import StorageConfig
+from llm.config import DEFAULT_SYSTEM_PROMPT, ModelConfig, list_setting, setting
+from rag.config import RagConfig
+from training.config import PrivacyConfig, TrainingConfig
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are NightOwl, a helpful assistant. Answer briefly and precisely. "
-    "When sources are given, answer from them and say so when they do not contain the answer."
-)
-
-
-def _range(lo: float | None = None, hi: float | None = None, choices: tuple[str, ...] = ()) -> Any:
-    return {"lo": lo, "hi": hi, "choices": choices}
-
-
-def _f(default: Any, lo: float | None = None, hi: float | None = None,
-       choices: tuple[str, ...] = ()) -> Any:
-    return field(default=default, metadata=_range(lo, hi, choices))
-
-
-def _lst() -> Any:
-    return field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    dir: str = "var"
-
-    @property
-    def path(self) -> Path:
-        return Path(self.dir).expanduser()
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    backend: str = _f("local", choices=("local", "openai", "fake"))
-    name: str = "embedded"
-    dtype: str = _f("auto", choices=("auto", "bfloat16", "float32", "float16"))
-    device: str = "auto"
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    context_length: int = _f(2048, 128, 1_000_000)
-    max_new_tokens: int = _f(256, 1, 32_768)
-    temperature: float = _f(0.3, 0.0, 2.0)
-    top_p: float = _f(0.9, 0.01, 1.0)
-    repetition_penalty: float = _f(1.2, 1.0, 2.0)
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    max_batch_size: int = _f(8, 1, 256)
-    max_queue: int = _f(64, 1, 100_000)
-    threads: int = _f(0, 0, 512)
-    cpu_prepack: bool = True
-    cpu_keep_freed_memory: bool = True
-    canary_share: float = _f(0.0, 0.0, 1.0)
-    base_url: str = ""
-    api_key_env: str = ""
-    timeout_s: float = _f(60.0, 1.0, 3600.0)
-
-
-@dataclass(frozen=True)
-class RagConfig:
-    enabled: bool = True
-    embedding_model: str = "embedded"
-    chroma_url: str = ""
-    collection: str = "knowledge"
-    chunk_tokens: int = _f(200, 16, 4096)
-    chunk_overlap: int = _f(30, 0, 1024)
-    top_k: int = _f(3, 1, 50)
-    min_score: float = _f(0.3, -1.0, 1.0)
-    context_tokens: int = _f(600, 0, 100_000)
-    max_file_mb: float = _f(20.0, 0.001, 10_000.0)
-    sample_on_first_run: bool = True
-    hybrid: bool = True
-    upload_roots: list[str] = _lst()
-    embedding_dtype: str = _f("auto", choices=("auto", "float32", "bfloat16", "float16"))
-    min_keyword_score: float = _f(0.75, 0.0, 1.0)
-    exact_search_max: int = _f(200_000, 0, 100_000_000)
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "ChatConfig", "Config", "DiscordConfig", "LimitsConfig",
+           "LoggingConfig", "MetricsConfig", "ModelConfig", "ModerationConfig", "PrivacyConfig",
+           "RagConfig", "StorageConfig", "TelegramConfig", "TrainingConfig", "load_config",
+           "parse_config"]
 
 
 @dataclass(frozen=True)
 class ChatConfig:
-    history_messages: int = _f(20, 0, 1000)
-    max_message_chars: int = _f(8000, 1, 1_000_000)
-    stream_interval_s: float = _f(0.5, 0.0, 60.0)
-    recover_max_age_s: float = _f(600.0, 0.0, 10_000_000.0)
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    enabled: bool = True
-    schedule: str = "0 3 * * *"
-    timezone: str = "local"
-    min_examples: int = _f(4, 1, 1_000_000)
-    include_unrated_after_hours: float = _f(0.0, 0.0, 100_000.0)
-    min_chars: int = _f(2, 0, 100_000)
-    max_chars: int = _f(4000, 1, 1_000_000)
-    eval_fraction: float = _f(0.2, 0.0, 0.9)
-    max_seq_len: int = _f(512, 32, 1_000_000)
-    epochs: float = _f(3.0, 0.01, 1000.0)
-    max_steps: int = _f(-1, -1, 10_000_000)
-    learning_rate: float = _f(2e-4, 1e-8, 1.0)
-    weight_decay: float = _f(0.01, 0.0, 1.0)
-    lr_scheduler: str = _f("linear", choices=("linear", "cosine", "constant"))
-    warmup_steps: int = _f(5, 0, 1_000_000)
-    batch_size: int = _f(2, 1, 4096)
-    grad_accum: int = _f(4, 1, 4096)
-    max_grad_norm: float = _f(0.3, 0.0, 1000.0)
-    seed: int = 3407
-    lora_r: int = _f(16, 1, 1024)
-    lora_alpha: int = _f(16, 1, 4096)
-    lora_dropout: float = _f(0.0, 0.0, 0.9)
-    target_modules: list[str] = field(default_factory=lambda: [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    continue_from_active: bool = False
-    replay_share: float = _f(0.2, 0.0, 1.0)
-    keep_adapters: int = _f(10, 1, 10_000)
-    eval_tolerance: float = _f(0.3, 0.0, 10.0)
-    threads: int = _f(0, 0, 512)
+    history_messages: int = setting(20, 0, 1000)
+    max_message_chars: int = setting(8000, 1, 1_000_000)
+    stream_interval_s: float = setting(0.5, 0.0, 60.0)
+    recover_max_age_s: float = setting(600.0, 0.0, 10_000_000.0)
 
 
 @dataclass(frozen=True)
@@ -137,15 +45,15 @@ class TelegramConfig:
     token_env: str = "TELEGRAM_BOT_TOKEN"
     base_url: str = "https://api.telegram.org/bot"
     base_file_url: str = "https://api.telegram.org/file/bot"
-    admins: list[int] = _lst()
-    allowed_users: list[int] = _lst()
-    allowed_chats: list[int] = _lst()
-    stream_edit_interval_s: float = _f(1.5, 0.0, 60.0)
-    max_document_mb: float = _f(20.0, 0.001, 2000.0)
-    group_edit_interval_s: float = _f(3.0, 0.0, 60.0)
-    poll_timeout_s: float = _f(10.0, 0.0, 600.0)
-    request_timeout_s: float = _f(20.0, 0.1, 600.0)
-    ack_timeout_s: float = _f(10.0, 0.0, 3600.0)
+    admins: list[int] = list_setting()
+    allowed_users: list[int] = list_setting()
+    allowed_chats: list[int] = list_setting()
+    stream_edit_interval_s: float = setting(1.5, 0.0, 60.0)
+    max_document_mb: float = setting(20.0, 0.001, 2000.0)
+    group_edit_interval_s: float = setting(3.0, 0.0, 60.0)
+    poll_timeout_s: float = setting(10.0, 0.0, 600.0)
+    request_timeout_s: float = setting(20.0, 0.1, 600.0)
+    ack_timeout_s: float = setting(10.0, 0.0, 3600.0)
 
 
 # Discord permissions that may hide /admin from members without them ("" = shown to everyone).
@@ -156,52 +64,46 @@ ADMIN_MENU_PERMISSIONS = ("", "administrator", "manage_guild", "manage_channels"
 @dataclass(frozen=True)
 class DiscordConfig:
     token_env: str = "DISCORD_BOT_TOKEN"
-    admins: list[int] = _lst()
-    admin_role_ids: list[int] = _lst()
-    guild_ids: list[int] = _lst()
-    allowed_channels: list[int] = _lst()
+    admins: list[int] = list_setting()
+    admin_role_ids: list[int] = list_setting()
+    guild_ids: list[int] = list_setting()
+    allowed_channels: list[int] = list_setting()
     reply_in_threads: bool = False
-    stream_edit_interval_s: float = _f(1.2, 0.0, 60.0)
+    stream_edit_interval_s: float = setting(1.2, 0.0, 60.0)
     message_content: bool = False
-    max_attachment_mb: float = _f(20.0, 0.001, 2000.0)
-    admin_menu_permission: str = _f("", choices=ADMIN_MENU_PERMISSIONS)
-    ready_timeout_s: float = _f(60.0, 1.0, 3600.0)
-    guild_ready_timeout_s: float = _f(2.0, 0.0, 60.0)
+    max_attachment_mb: float = setting(20.0, 0.001, 2000.0)
+    admin_menu_permission: str = setting("", choices=ADMIN_MENU_PERMISSIONS)
+    ready_timeout_s: float = setting(60.0, 1.0, 3600.0)
+    guild_ready_timeout_s: float = setting(2.0, 0.0, 60.0)
     api_base_url: str = ""
     gateway_url: str = ""
 
 
 @dataclass(frozen=True)
-class PrivacyConfig:
-    retention_days: int = _f(0, 0, 100_000)
-    scrub_pii: bool = True
-
-
-@dataclass(frozen=True)
 class LimitsConfig:
-    user_messages_per_minute: float = _f(20.0, 0.0, 100_000.0)
-    user_burst: int = _f(5, 1, 100_000)
-    chat_messages_per_minute: float = _f(60.0, 0.0, 100_000.0)
-    max_concurrent_per_user: int = _f(2, 1, 1000)
+    user_messages_per_minute: float = setting(20.0, 0.0, 100_000.0)
+    user_burst: int = setting(5, 1, 100_000)
+    chat_messages_per_minute: float = setting(60.0, 0.0, 100_000.0)
+    max_concurrent_per_user: int = setting(2, 1, 1000)
 
 
 @dataclass(frozen=True)
 class ModerationConfig:
-    blocked_words: list[str] = _lst()
+    blocked_words: list[str] = list_setting()
     classifier_model: str = ""
-    classifier_labels: list[str] = field(default_factory=lambda: ["toxic"])
-    classifier_threshold: float = _f(0.8, 0.0, 1.0)
+    classifier_labels: list[str] = list_setting(("toxic",))
+    classifier_threshold: float = setting(0.8, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    port: int = _f(0, 0, 65535)
+    port: int = setting(0, 0, 65535)
     host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = _f("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    level: str = setting("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     json: bool = False
 
 

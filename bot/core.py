@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.config import Config
-from bot.errors import BusyError, NightOwlError
+from bot.errors import USER_ERRORS
 from bot.limits import RateLimiter
 from bot.messages import CommandResult, DeliveryReport, Incoming, Notifier, Renderer, Reply
 from bot.metrics import Metrics
 from bot.moderation import Guard, build_guard
 from data.store import Store
 from llm.base import ChatModel, GenParams, StreamInfo
+from llm.errors import BusyError
 from llm.prompt import build_messages, fit_messages
 from rag.base import KnowledgeBase, Passage, Retriever, citations, format_context
 
@@ -50,13 +51,21 @@ def user_hash(inc: Incoming) -> str:
     return digest[:12]
 
 
+class Outcome(Protocol):
+    """A retrain's report (``training.service.RetrainOutcome``)."""
+
+    text: str
+    ok: bool
+    files: list[Path]
+
+
 class Learning(Protocol):
     """What the core needs from training/ (implemented by training.service.LearningService)."""
 
     @property
     def running(self) -> bool: ...
 
-    async def retrain(self, trigger: str = "manual") -> CommandResult: ...
+    async def retrain(self, trigger: str = "manual") -> Outcome: ...
 
     async def rollback(self, version: str | None) -> str: ...
 
@@ -111,9 +120,7 @@ class Core:
         return text
 
     def params(self) -> GenParams:
-        m = self.cfg.model
-        return GenParams(max_new_tokens=m.max_new_tokens, temperature=m.temperature,
-                         top_p=m.top_p, repetition_penalty=m.repetition_penalty)
+        return self.cfg.model.gen_params()
 
     # ---- one message -----------------------------------------------------------------------
     async def handle(self, inc: Incoming, renderer: Renderer) -> Reply:
@@ -299,7 +306,7 @@ class Core:
                 return CommandResult(f"/{name} is for admins only.", ok=False)
             try:
                 result = await self._admin(inc, name, args)
-            except NightOwlError as exc:
+            except USER_ERRORS as exc:
                 result = CommandResult(str(exc), ok=False)
             await self.store.audit(inc.platform, inc.user_id, name, args, True,
                                    result.text.splitlines()[0] if result.text else "")
@@ -421,8 +428,8 @@ class Core:
         if self.learning is not None and self.learning.adapters_text().strip():
             note += ("\nAdapters trained before today may still reflect your past "
                      "conversations; an admin can retrain without them.")
-        return CommandResult(f"Deleted {counts['messages']} messages, {counts['feedback']} "
-                             f"ratings and {counts['corrections']} corrections.{note}")
+        return CommandResult(f"Deleted {counts.messages} messages, {counts.feedback} "
+                             f"ratings and {counts.corrections} corrections.{note}")
 
     # ---- admin -------------------------------------------------------------------------------
     async def _admin(self, inc: Incoming, name: str, args: str) -> CommandResult:
@@ -451,10 +458,11 @@ class Core:
         assert self.learning is not None
         try:
             result = await self.learning.retrain("admin")
+            text, files = result.text, result.files
         except Exception as exc:  # a failed run never takes the bot down
             log.exception("training cycle failed")
-            result = CommandResult(f"Training failed: {exc}", ok=False)
-        await self.notify_admins(result.text, result.files)
+            text, files = f"Training failed: {exc}", []
+        await self.notify_admins(text, files)
 
     async def wait_background(self) -> None:
         """Wait for background tasks (retrain) — used at shutdown and by tests."""
@@ -497,13 +505,13 @@ class Core:
                 parts.append(f"Knowledge: unavailable ({exc})")
         mstats = self.model.stats()
         parts.append(f"Queue: {mstats.get('queue', 0)} waiting, {mstats.get('running', 0)} running")
-        parts.append(f"Conversations: {stats['conversations']}, messages: {stats['messages']}, "
-                     f"users: {stats['users']}")
+        parts.append(f"Conversations: {stats.conversations}, messages: {stats.messages}, "
+                     f"users: {stats.users}")
         runs = await self.store.runs(1)
         if runs:
             r = runs[0]
-            parts.append(f"Last training run: #{r['id']} {r['status']} "
-                         f"{r['version'] or ''} {r['summary']}".rstrip())
+            parts.append(f"Last training run: #{r.id} {r.status} "
+                         f"{r.version or ''} {r.summary}".rstrip())
         else:
             parts.append("Last training run: none")
         return "\n".join(parts)

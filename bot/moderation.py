@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from bot.config import ModerationConfig
-from bot.threads import in_short_thread
+from llm.threads import in_short_thread
 
 
 class Guard(Protocol):

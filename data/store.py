@@ -8,44 +8,22 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from data.errors import StoreError
 from data.migrations import MIGRATIONS
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened, migrated, or is inconsistent."""
-
-
-@dataclass(frozen=True)
-class User:
-    id: int
-    platform: str
-    platform_user_id: str
-    display_name: str
-    opted_out: bool
-
-
-@dataclass(frozen=True)
-class Message:
-    id: int
-    conversation_id: int
-    role: str
-    text: str
-    created_at: float
-    status: str = "done"
-    reply_to: int | None = None
-    platform_message_id: str | None = None
-    model: str | None = None
-    adapter: str | None = None
-    latency_s: float | None = None
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    dropped_history: int = 0
-
+from data.rows import (
+    AuditEntry,
+    ForgetCounts,
+    KbSource,
+    Message,
+    StoreStats,
+    TrainingRun,
+    User,
+)
 
 _MSG_COLS = ("id, conversation_id, role, text, created_at, status, reply_to, platform_message_id, "
              "model, adapter, latency_s, sources, dropped_history")
@@ -191,7 +169,7 @@ class Store:
             (user_id, user_id))
         return [str(r[0]) for r in rows]
 
-    async def forget_user(self, user_id: int) -> dict[str, int]:
+    async def forget_user(self, user_id: int) -> ForgetCounts:
         """Delete the user and everything that cascades from them; return counts deleted."""
         async with self.transaction() as db:
             counts = {}
@@ -206,7 +184,7 @@ class Store:
                 counts[name] = int(rows[0][0])
             cur = await db.execute("DELETE FROM users WHERE id = ?", (user_id,))
             counts["users"] = cur.rowcount
-        return counts
+        return ForgetCounts(**counts)
 
     # ---- conversations and messages -----------------------------------------------------
     async def active_conversation(self, user_id: int, platform: str, chat_id: str) -> int:
@@ -401,18 +379,13 @@ class Store:
                 "WHERE status = 'running'", (time.time(),))
             return cur.rowcount
 
-    async def runs(self, limit: int = 10) -> list[dict[str, Any]]:
+    async def runs(self, limit: int = 10) -> list[TrainingRun]:
         rows = await self.db.execute_fetchall(
             "SELECT id, started_at, finished_at, trigger, status, version, parent, summary, report "
             "FROM training_runs ORDER BY id DESC LIMIT ?", (limit,))
-        keys = ("id", "started_at", "finished_at", "trigger", "status", "version", "parent",
-                "summary", "report")
-        out = []
-        for r in rows:
-            d = dict(zip(keys, r, strict=True))
-            d["report"] = json.loads(d["report"] or "{}")
-            out.append(d)
-        return out
+        return [TrainingRun(id=r[0], started_at=r[1], finished_at=r[2], trigger=r[3], status=r[4],
+                            version=r[5], parent=r[6], summary=r[7] or "",
+                            report=json.loads(r[8] or "{}")) for r in rows]
 
     # ---- audit, kv, stats ----------------------------------------------------------------
     async def audit(self, platform: str, actor: str, action: str, args: str, allowed: bool,
@@ -423,12 +396,12 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (time.time(), platform, str(actor), action, args[:500], int(allowed), result[:500]))
 
-    async def audit_log(self, limit: int = 50) -> list[dict[str, Any]]:
+    async def audit_log(self, limit: int = 50) -> list[AuditEntry]:
         rows = await self.db.execute_fetchall(
             "SELECT at, platform, actor, action, args, allowed, result FROM audit "
             "ORDER BY id DESC LIMIT ?", (limit,))
-        keys = ("at", "platform", "actor", "action", "args", "allowed", "result")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return [AuditEntry(at=r[0], platform=r[1], actor=r[2], action=r[3], args=r[4],
+                           allowed=bool(r[5]), result=r[6]) for r in rows]
 
     async def kv_get(self, key: str) -> str | None:
         rows = list(await self.db.execute_fetchall("SELECT value FROM kv WHERE key = ?", (key,)))
@@ -439,12 +412,12 @@ class Store:
             await db.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) "
                              "DO UPDATE SET value = excluded.value", (key, value))
 
-    async def stats(self) -> dict[str, int]:
+    async def stats(self) -> StoreStats:
         out = {}
         for name in ("users", "conversations", "messages", "feedback", "corrections"):
             rows = list(await self.db.execute_fetchall(f"SELECT COUNT(*) FROM {name}"))
             out[name] = int(rows[0][0])
-        return out
+        return StoreStats(**out)
 
     async def delete_older_than(self, cutoff: float) -> int:
         """Retention: delete conversations whose last message is older than ``cutoff``."""
@@ -458,18 +431,18 @@ class Store:
     # ---- knowledge-base sources (rag/) -----------------------------------------------------
     _KB_COLS = ("source", "content_hash", "size", "chunks", "ingested_at", "ingested_by")
 
-    async def kb_source(self, source: str) -> dict[str, Any] | None:
+    async def kb_source(self, source: str) -> KbSource | None:
         rows = list(await self.db.execute_fetchall(
             f"SELECT {', '.join(self._KB_COLS)} FROM kb_sources WHERE source = ?", (source,)))
-        return dict(zip(self._KB_COLS, rows[0], strict=True)) if rows else None
+        return KbSource(*rows[0]) if rows else None
 
-    async def kb_sources(self, ingested_by: str | None = None) -> list[dict[str, Any]]:
+    async def kb_sources(self, ingested_by: str | None = None) -> list[KbSource]:
         sql = f"SELECT {', '.join(self._KB_COLS)} FROM kb_sources"
         args: tuple[Any, ...] = ()
         if ingested_by is not None:
             sql, args = sql + " WHERE ingested_by = ?", (ingested_by,)
         rows = await self.db.execute_fetchall(sql + " ORDER BY source", args)
-        return [dict(zip(self._KB_COLS, r, strict=True)) for r in rows]
+        return [KbSource(*r) for r in rows]
 
     async def kb_upsert_source(self, source: str, content_hash: str, size: int, chunks: int,
                                ingested_by: str = "") -> None:

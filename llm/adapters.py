@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bot.errors import AdapterError
+from llm.errors import AdapterError
 
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 

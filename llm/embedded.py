@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.errors import ModelError
+from llm.errors import ModelError
 
 log = logging.getLogger("nightowl.llm")
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bot.errors import AdapterError
 from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
+from llm.errors import AdapterError
 
 Responder = Callable[[Sequence[ChatMessage]], str]
 

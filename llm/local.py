@@ -56,12 +56,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.config import ModelConfig
-from bot.errors import AdapterError, BusyError, ModelError
 from llm.adapters import validate_adapter_dir
 from llm.attention import PACKED_MARK
 from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
+from llm.config import ModelConfig
 from llm.decode import IncrementalDecoder, StopChecker, sample_batch
+from llm.errors import AdapterError, BusyError, ModelError
 from llm.malloc import keep_freed_memory
 from llm.prepack import PackedWeights, prepack_linears
 

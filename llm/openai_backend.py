@@ -28,10 +28,10 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bot.config import ModelConfig
-from bot.errors import AdapterError, BusyError, ModelError
 from llm.adapters import validate_adapter_dir
 from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
+from llm.config import ModelConfig
+from llm.errors import AdapterError, BusyError, ModelError
 
 log = logging.getLogger("nightowl.llm")
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.errors import AdapterError, BusyError, NightOwlError
 from llm.base import ACTIVE, BASE, ChatModel, GenParams, StreamInfo
+from llm.errors import BusyError, ModelError
 
 MODEL_KEY = web.AppKey("model", ChatModel)
 API_KEY = web.AppKey("api_key", str)
@@ -90,7 +90,7 @@ async def _load_lora(request: web.Request) -> web.Response:
         return _error(400, "body must be JSON with lora_name and lora_path")
     try:
         await request.app[MODEL_KEY].load_adapter(path, name)
-    except NightOwlError as exc:
+    except ModelError as exc:
         return _error(400, str(exc))
     return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
 
@@ -125,7 +125,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
                 text = "".join([d async for d in gen])
             except BusyError as exc:
                 return _error(429, str(exc), "rate_limit_error")
-            except (AdapterError, NightOwlError) as exc:
+            except ModelError as exc:
                 return _error(500, str(exc), "server_error")
             return web.json_response({
                 "id": cid, "object": "chat.completion", "created": created, "model": name,
@@ -141,7 +141,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
             first = None
         except BusyError as exc:
             return _error(429, str(exc), "rate_limit_error")
-        except NightOwlError as exc:
+        except ModelError as exc:
             return _error(500, str(exc), "server_error")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
@@ -160,7 +160,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
                 async for delta in gen:
                     await send({"content": delta})
             await send({}, info.finish_reason or "stop")
-        except NightOwlError as exc:
+        except ModelError as exc:
             err = {"error": {"message": str(exc), "type": "server_error"}}
             await resp.write(f"data: {json.dumps(err)}\n\n".encode())
         if (body.get("stream_options") or {}).get("include_usage"):

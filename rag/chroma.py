@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from bot.errors import KnowledgeError
 from rag.base import Embedder
+from rag.errors import KnowledgeError
 
 PAGE = 2000
 

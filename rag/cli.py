@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from bot.errors import KnowledgeError
 from rag.base import IngestResult
+from rag.errors import KnowledgeError
 from rag.knowledge import Knowledge
 
 Out = Callable[[str], None]
@@ -58,9 +58,9 @@ async def cmd_kb_list(kb: Knowledge, out: Out = print) -> int:
         return 0
     out(f"{'CHUNKS':>6}  {'SIZE':>9}  {'INGESTED':16}  {'BY':14}  SOURCE")
     for r in rows:
-        out(f"{r['chunks']:>6}  {r['size']:>9,}  {_when(r['ingested_at']):16}  "
-            f"{str(r['ingested_by'])[:14]:14}  {r['source']}")
-    out(f"{len(rows)} sources, {sum(r['chunks'] for r in rows)} chunks")
+        out(f"{r.chunks:>6}  {r.size:>9,}  {_when(r.ingested_at):16}  "
+            f"{r.ingested_by[:14]:14}  {r.source}")
+    out(f"{len(rows)} sources, {sum(r.chunks for r in rows)} chunks")
     return 0
 
 

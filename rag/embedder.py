@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bot.errors import KnowledgeError
-from bot.threads import in_short_thread, torch_serial_executor
+from llm.threads import in_short_thread, torch_serial_executor
+from rag.errors import KnowledgeError
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class SentenceTransformerEmbedder:
                                       normalize_embeddings=True, convert_to_numpy=True,
                                       show_progress_bar=False)
 
-        with self._lock:  # see bot.threads: where torch work may run
+        with self._lock:  # see llm.threads: where torch work may run
             vecs = (self._serial.submit(work).result() if len(texts) <= SMALL_BATCH
                     else in_short_thread(work))
         return [list(map(float, v)) for v in vecs.astype("float32")]

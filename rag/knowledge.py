@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.errors import KnowledgeError
-from bot.threads import torch_serial_executor
+from llm.threads import torch_serial_executor
 from rag.base import Embedder, IngestResult, Passage
 from rag.chunking import Chunk, Chunker
+from rag.errors import KnowledgeError
 from rag.extract import Skip, extract, read_file, size_limit_reason
 from rag.keyword import KeywordIndex, tokenize
 
 if TYPE_CHECKING:
-    from bot.config import Config, RagConfig
+    from data.rows import KbSource
     from data.store import Store
+    from rag.config import KnowledgeSettings, RagConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class Knowledge:
         self.uploads_dir = storage / "uploads"
         self._write_lock = asyncio.Lock()
         # searches run here: one thread whose torch ops (the exact vector search) never start an
-        # OpenMP pool next to the chat model's (see bot.threads)
+        # OpenMP pool next to the chat model's (see llm.threads)
         self._search_thread = torch_serial_executor("nightowl-search")
         self._mirror_lock = asyncio.Lock()
         self._mirror: _Mirror | None = None
@@ -103,11 +104,8 @@ class Knowledge:
     async def count(self) -> int:
         return int(await asyncio.to_thread(self.collection.count))
 
-    async def sources(self) -> list[dict[str, Any]]:
-        rows = await self.store.kb_sources()
-        for row in rows:
-            row["name"] = Path(row["source"]).name
-        return rows
+    async def sources(self) -> list[KbSource]:
+        return await self.store.kb_sources()
 
     async def aclose(self) -> None:
         self._mirror = None
@@ -199,10 +197,10 @@ class Knowledge:
         digest = hashlib.sha256(data).hexdigest()
         async with self._write_lock:
             record = await self.store.kb_source(source)
-            if record and record["content_hash"] == digest:
+            if record and record.content_hash == digest:
                 stored = await asyncio.to_thread(self._chunk_ids, source)
-                if len(stored) == record["chunks"]:
-                    return IngestResult(source, "unchanged", record["chunks"])
+                if len(stored) == record.chunks:
+                    return IngestResult(source, "unchanged", record.chunks)
             try:
                 chunks = await asyncio.to_thread(self._prepare, name, data)
             except Skip as skip:
@@ -266,7 +264,7 @@ class Knowledge:
 
     async def _resolve_source(self, source: str) -> str | None:
         rows = await self.store.kb_sources()
-        keys = [r["source"] for r in rows]
+        keys = [r.source for r in rows]
         if source in keys:
             return source
         resolved = str(Path(source).expanduser().resolve())
@@ -282,8 +280,8 @@ class Knowledge:
         """Remove every source ingested by ``by`` (e.g. ``telegram:42``); for /forget."""
         removed = []
         for row in await self.store.kb_sources(ingested_by=by):
-            if await self.remove(row["source"]):
-                removed.append(Path(row["source"]).name)
+            if await self.remove(row.source):
+                removed.append(Path(row.source).name)
         return removed
 
     # ---- reindex -----------------------------------------------------------------------------
@@ -496,7 +494,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _open_sync(cfg: Config, store: Store, embedder: Embedder | None) -> Knowledge:
+def _open_sync(cfg: KnowledgeSettings, store: Store, embedder: Embedder | None) -> Knowledge:
     from rag.chroma import make_client, open_collection
     from rag.embedder import (
         EMBEDDED,
@@ -531,7 +529,7 @@ def _open_sync(cfg: Config, store: Store, embedder: Embedder | None) -> Knowledg
     return kb
 
 
-async def open_knowledge(cfg: Config, store: Store, embedder: Embedder | None = None
+async def open_knowledge(cfg: KnowledgeSettings, store: Store, embedder: Embedder | None = None
                          ) -> Knowledge:
     """Open the knowledge base (loads the embedder and Chroma in a thread).
 

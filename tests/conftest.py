@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Config, StorageConfig
+from bot.config import Config
+from data.config import StorageConfig
 from data.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

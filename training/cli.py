@@ -7,16 +7,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bot.config import Config
-from bot.errors import NightOwlError
+from training.config import LearningSettings
+from training.dataset import ContentGuard
+from training.errors import LOOP_ERRORS
 from training.registry import Registry
 
 
-async def cmd_train(cfg: Config, store: Any) -> int:
+async def cmd_train(cfg: LearningSettings, store: Any, guard: ContentGuard | None = None) -> int:
     """``nightowl train``: one learning cycle now; exit 0 also when not promoted (says why)."""
     from training.cycle import run_cycle
 
-    result = await run_cycle(cfg, store, trigger="cli", say=print)
+    result = await run_cycle(cfg, store, trigger="cli", say=print, guard=guard)
     if result.plot is not None:
         print(f"Plot: {result.plot}")
     if result.status == "promoted":
@@ -24,17 +25,17 @@ async def cmd_train(cfg: Config, store: Any) -> int:
     return 1 if result.status == "failed" else 0
 
 
-def cmd_adapters(cfg: Config) -> int:
+def cmd_adapters(cfg: LearningSettings) -> int:
     """``nightowl adapters``: versions, status, parent, eval loss; the active one marked *."""
     print(Registry(cfg.storage.path).describe())
     return 0
 
 
-def cmd_rollback(cfg: Config, version: str | None) -> int:
+def cmd_rollback(cfg: LearningSettings, version: str | None) -> int:
     """``nightowl rollback [VERSION]``: activate VERSION, the previous promoted one, or ``base``."""
     try:
         old, new = Registry(cfg.storage.path).rollback(version)
-    except NightOwlError as exc:
+    except LOOP_ERRORS as exc:
         print(f"Rollback refused: {exc}", file=sys.stderr)
         return 1
     print(f"Active adapter is now {new or 'the base model'} (was {old or 'base'}). A running "
@@ -42,19 +43,20 @@ def cmd_rollback(cfg: Config, version: str | None) -> int:
     return 0
 
 
-async def cmd_export(cfg: Config, store: Any, out: str | Path | None) -> int:
+async def cmd_export(cfg: LearningSettings, store: Any, out: str | Path | None,
+                     guard: ContentGuard | None = None) -> int:
     """``nightowl export [--out FILE]``: the training examples as messages JSONL."""
     from training.dataset import export_jsonl
 
     path = Path(out) if out else cfg.storage.path / "exports" / \
         f"dataset-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    n, report = await export_jsonl(cfg, store, path)
+    n, report = await export_jsonl(cfg, store, path, guard=guard)
     print(f"Wrote {n} examples to {path} (messages JSONL for LLaMA-Factory/axolotl).")
     print(report.summary())
     return 0
 
 
-def cmd_export_model(cfg: Config, out_dir: str | Path, merged: bool, gguf: bool) -> int:
+def cmd_export_model(cfg: LearningSettings, out_dir: str | Path, merged: bool, gguf: bool) -> int:
     """``nightowl export-model --merged DIR [--gguf]``: merged 16-bit weights, verified.
 
     ``--gguf`` also writes ``DIR/nightowl-VERSION-f16.gguf`` (embedded model only; the merged
@@ -82,7 +84,7 @@ def cmd_export_model(cfg: Config, out_dir: str | Path, merged: bool, gguf: bool)
         if gguf:
             export_gguf(Path(out_dir), Path(out_dir) / f"nightowl-{version}-f16.gguf",
                         gguf_path())
-    except NightOwlError as exc:
+    except LOOP_ERRORS as exc:
         print(f"export-model failed: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -21,16 +21,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from bot.config import Config
-from bot.errors import AdapterError, BusyError, NightOwlError
 from llm.base import ChatMessage, ChatModel
+from llm.errors import AdapterError, BusyError
+from training.config import LearningSettings
 from training.dataset import (
+    ContentGuard,
     build_examples,
     load_seen,
     mark_seen,
     split_examples,
     write_jsonl,
 )
+from training.errors import LOOP_ERRORS
 from training.evaluate import ProbeFile, decide, load_regression, regression_key
 from training.registry import Registry
 from training.trainer import job_training, train_in_child
@@ -142,19 +144,32 @@ def write_plot(path: Path, curve: list[list[float]], history: list[tuple[str, fl
     return path
 
 
-async def run_cycle(cfg: Config, store: Any, *, trigger: str = "manual",
-                    model: ChatModel | None = None, say: Say = print) -> CycleResult:
+def resolved_config(cfg: LearningSettings) -> dict[str, Any]:
+    """The settings that shaped an adapter, for its ``meta.json``: the training and privacy
+    sections, the model and retrieval settings without server URLs (they may embed credentials)."""
+    drop = {"base_url", "api_key_env", "chroma_url"}
+    out: dict[str, Any] = {}
+    for name in ("model", "rag", "training", "privacy"):
+        section = dataclasses.asdict(getattr(cfg, name))
+        out[name] = {k: v for k, v in section.items() if k not in drop}
+    out["chat"] = {"history_messages": cfg.chat.history_messages}
+    return out
+
+
+async def run_cycle(cfg: LearningSettings, store: Any, *, trigger: str = "manual",
+                    model: ChatModel | None = None, say: Say = print,
+                    guard: ContentGuard | None = None) -> CycleResult:
     """Run one learning cycle now; see the module docstring."""
     storage = cfg.storage.path
     try:
         with run_lock(storage):
-            return await _cycle(cfg, store, trigger, model, say)
+            return await _cycle(cfg, store, trigger, model, say, guard)
     except BusyError as exc:
         return CycleResult("skipped", 0, str(exc))
 
 
-async def _cycle(cfg: Config, store: Any, trigger: str, model: ChatModel | None,
-                 say: Say) -> CycleResult:
+async def _cycle(cfg: LearningSettings, store: Any, trigger: str, model: ChatModel | None,
+                 say: Say, guard: ContentGuard | None) -> CycleResult:
     from llm.embedded import resolve_model_path
 
     storage = cfg.storage.path
@@ -174,7 +189,7 @@ async def _cycle(cfg: Config, store: Any, trigger: str, model: ChatModel | None,
         counter = await asyncio.to_thread(token_counter, model_path)
         convs = await store.training_conversations()
         examples, ds = await asyncio.to_thread(build_examples, cfg, convs, now=time.time(),
-                                               count_tokens=counter)
+                                               count_tokens=counter, guard=guard)
         split = split_examples(cfg, examples, await load_seen(store), ds)
         report["dataset"] = ds.to_dict()
         (run_dir / "dataset.json").write_text(json.dumps(ds.to_dict(), indent=1), "utf-8")
@@ -227,7 +242,7 @@ async def _cycle(cfg: Config, store: Any, trigger: str, model: ChatModel | None,
         report["decision"] = {"promote": decision.promote, "reasons": decision.reasons}
         meta = {"status": "promoted" if decision.promote else "rejected", "parent": parent,
                 "reference": reference, "trigger": trigger, "run_id": run_id,
-                "config": dataclasses.asdict(cfg),
+                "config": resolved_config(cfg),
                 "model": cfg.model.name, "model_path": model_path, "dataset": ds.to_dict(),
                 "examples": len(split.train), "loss_curve": result.get("loss_curve", []),
                 "scores": result["scores"], "reasons": decision.reasons,
@@ -249,7 +264,7 @@ async def _cycle(cfg: Config, store: Any, trigger: str, model: ChatModel | None,
             if model is not None:
                 try:
                     await model.set_adapter(registry.path(version), version)
-                except NightOwlError as exc:
+                except LOOP_ERRORS as exc:
                     status = "failed"
                     reasons.append(f"the new adapter could not be loaded for serving: {exc}")
                     registry.update_meta(version, status="rejected", reasons=reasons)

@@ -25,15 +25,22 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from bot.config import Config
 from llm.base import ChatMessage
 from llm.prompt import build_messages
 from rag.base import Passage, format_context
+from training.config import LearningSettings
 from training.scrub import scrub
 
 TokenCounter = Callable[[Sequence[ChatMessage]], int]
+
+
+class ContentGuard(Protocol):
+    """The moderation check the bot applies before answering (``bot.moderation``): the same one
+    keeps flagged questions and answers out of training."""
+
+    def check(self, text: str) -> str | None: ...
 
 NON_ANSWERS = ("(no answer)",)
 ERROR_PREFIXES = ("Sorry, something went wrong", "⏳", "Training failed")
@@ -147,14 +154,13 @@ def _fit(messages: list[ChatMessage], count: TokenCounter, limit: int) -> tuple[
     return [system, *history, *tail], trimmed
 
 
-def build_examples(cfg: Config, conversations: list[dict[str, Any]], *, now: float,
-                   count_tokens: TokenCounter | None = None) -> tuple[list[Example], DatasetReport]:
-    """Apply the dataset policy to ``Store.training_conversations()`` output."""
-    from bot.moderation import build_guard
-
+def build_examples(cfg: LearningSettings, conversations: list[dict[str, Any]], *, now: float,
+                   count_tokens: TokenCounter | None = None, guard: ContentGuard | None = None
+                   ) -> tuple[list[Example], DatasetReport]:
+    """Apply the dataset policy to ``Store.training_conversations()`` output; ``guard`` (the
+    bot's moderation) refuses examples whose question or answer it flags."""
     t = cfg.training
     count = count_tokens or _estimate_tokens
-    guard = build_guard(cfg.moderation)
     report = DatasetReport()
     candidates: list[Example] = []
     for conv in conversations:
@@ -192,7 +198,7 @@ def build_examples(cfg: Config, conversations: list[dict[str, Any]], *, now: flo
             if q < 0 or msgs[q]["role"] != "user" or not msgs[q]["text"].strip():
                 report.dropped["no_question"] += 1
                 continue
-            if guard.check(msgs[q]["text"]) or guard.check(target):
+            if guard is not None and (guard.check(msgs[q]["text"]) or guard.check(target)):
                 report.dropped["moderated"] += 1
                 continue
             history = [{"role": h["role"], "content": h["text"]}
@@ -252,7 +258,7 @@ def _eval_bucket(ex: Example) -> float:
     return int(h[:8], 16) / 0xFFFFFFFF
 
 
-def split_examples(cfg: Config, examples: list[Example], seen: set[str],
+def split_examples(cfg: LearningSettings, examples: list[Example], seen: set[str],
                    report: DatasetReport) -> Split:
     """Held-out split (stable per answer), new vs already-trained, and the replay share.
 
@@ -315,13 +321,14 @@ async def mark_seen(store: Any, keys: Sequence[str]) -> None:
     await store.kv_set(SEEN_KV_KEY, json.dumps(sorted(seen)))
 
 
-async def export_jsonl(cfg: Config, store: Any, out: Path, *, now: float | None = None,
-                       count_tokens: TokenCounter | None = None) -> tuple[int, DatasetReport]:
+async def export_jsonl(cfg: LearningSettings, store: Any, out: Path, *, now: float | None = None,
+                       count_tokens: TokenCounter | None = None, guard: ContentGuard | None = None
+                       ) -> tuple[int, DatasetReport]:
     """``nightowl export``: every kept example as messages JSONL (scrubbed like training data)."""
     import time
 
     convs = await store.training_conversations()
     examples, report = build_examples(cfg, convs, now=time.time() if now is None else now,
-                                      count_tokens=count_tokens)
+                                      count_tokens=count_tokens, guard=guard)
     write_jsonl(Path(out), examples)
     return len(examples), report

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.errors import InputError
+from training.errors import ProbeError
 
 REGRESSION_DIR = Path(__file__).resolve().parent / "regression"
 PROBE_USAGE = "Usage: /probe add QUESTION => EXPECTED | /probe list | /probe remove N"
@@ -47,7 +47,7 @@ class ProbeFile:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
             return [Probe(str(p["question"]), str(p["expected"])) for p in raw]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InputError(f"{self.path} is not a valid probes file ({exc}); fix or delete "
+            raise ProbeError(f"{self.path} is not a valid probes file ({exc}); fix or delete "
                              "it (a JSON list of {\"question\", \"expected\"}).") from exc
 
     def save(self, probes: Sequence[Probe]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bot.errors import TrainingError
+from training.errors import TrainingError
 
 VERIFY_PROMPTS = [
     "What can you help me with?",

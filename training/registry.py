@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.errors import AdapterError
+from llm.errors import AdapterError
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 ADAPTER_FILES = ("adapter_config.json",)

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bot.config import Config
-from bot.errors import ConfigError
+from training.config import LearningSettings
+from training.errors import TrainingError
 
 log = logging.getLogger("nightowl.training")
 
@@ -39,18 +39,18 @@ def timezone_of(name: str) -> dt.tzinfo:
 
         return ZoneInfo(name)
     except Exception as exc:
-        raise ConfigError(f"[training] timezone {name!r} is not a known time zone; use 'local' "
+        raise TrainingError(f"[training] timezone {name!r} is not a known time zone; use 'local' "
                           "or an IANA name like 'Europe/Lisbon'.") from exc
 
 
-def cron_trigger(cfg: Config) -> Any:
+def cron_trigger(cfg: LearningSettings) -> Any:
     from apscheduler.triggers.cron import CronTrigger
 
     try:
         return CronTrigger.from_crontab(cfg.training.schedule,
                                         timezone=timezone_of(cfg.training.timezone))
     except ValueError as exc:
-        raise ConfigError(f"[training] schedule {cfg.training.schedule!r} is not a valid cron "
+        raise TrainingError(f"[training] schedule {cfg.training.schedule!r} is not a valid cron "
                           f"expression (minute hour day month weekday): {exc}") from exc
 
 
@@ -67,7 +67,7 @@ def previous_fire_time(trigger: Any, now: dt.datetime, horizon_s: float) -> dt.d
 class NightlyScheduler:
     """``async with NightlyScheduler(cfg, service, notify=core.notify_admins):`` in ``run``."""
 
-    def __init__(self, cfg: Config, service: Any, *, notify: Notify | None = None,
+    def __init__(self, cfg: LearningSettings, service: Any, *, notify: Notify | None = None,
                  misfire_grace_s: int = 3600) -> None:
         self.cfg = cfg
         self.service = service

@@ -10,22 +10,35 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from bot.config import Config
-from bot.errors import AdapterError, NightOwlError
-from bot.messages import CommandResult
 from llm.base import ChatModel
+from llm.errors import AdapterError
+from training.config import LearningSettings
 from training.cycle import CycleResult, run_cycle
+from training.dataset import ContentGuard
+from training.errors import LOOP_ERRORS
 from training.evaluate import ProbeFile
 from training.registry import Registry
 
 log = logging.getLogger("nightowl.training")
 
 
+@dataclass
+class RetrainOutcome:
+    """What a retrain reports to whoever asked: the text, success, files (the loss plot)."""
+
+    text: str
+    ok: bool = True
+    files: list[Path] = field(default_factory=list)
+
+
 class LearningService:
-    def __init__(self, cfg: Config, store: Any, model: ChatModel | None,
-                 say: Callable[[str], Any] | None = None) -> None:
+    def __init__(self, cfg: LearningSettings, store: Any, model: ChatModel | None,
+                 say: Callable[[str], Any] | None = None,
+                 guard: ContentGuard | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.model = model
@@ -35,6 +48,7 @@ class LearningService:
         self.last: CycleResult | None = None
         self.last_finished: float | None = None
         self._say = say or log.info
+        self.guard = guard
 
     @property
     def running(self) -> bool:
@@ -52,23 +66,23 @@ class LearningService:
         try:
             path = self.registry.validate(version)
             await self.model.set_adapter(path, version)
-        except NightOwlError as exc:
+        except LOOP_ERRORS as exc:
             log.error("active adapter %s not loaded, answering with the base model: %s",
                       version, exc)
             return None
         log.info("active adapter %s loaded", version)
         return version
 
-    async def retrain(self, trigger: str = "manual") -> CommandResult:
+    async def retrain(self, trigger: str = "manual") -> RetrainOutcome:
         if self.lock.locked():
-            return CommandResult("A training run is already in progress.", ok=False)
+            return RetrainOutcome("A training run is already in progress.", ok=False)
         async with self.lock:
             result = await run_cycle(self.cfg, self.store, trigger=trigger, model=self.model,
-                                     say=self._say)
+                                     say=self._say, guard=self.guard)
             self.last = result
             self.last_finished = time.time()
         files = [result.plot] if result.plot is not None and result.plot.exists() else []
-        return CommandResult(result.text(), ok=result.status != "failed", files=files)
+        return RetrainOutcome(result.text(), ok=result.status != "failed", files=files)
 
     async def rollback(self, version: str | None) -> str:
         """Activate ``version`` (default: the previous promoted one) and hot-swap the model."""
@@ -98,7 +112,7 @@ class LearningService:
             try:
                 path = self.registry.validate(wanted) if wanted else None
                 await self.model.set_adapter(path, wanted)
-            except NightOwlError as exc:
+            except LOOP_ERRORS as exc:
                 log.error("ACTIVE points to %s but it cannot be loaded; keeping %s: %s", wanted,
                           self.model.active_adapter or "base", exc)
                 return None
@@ -131,5 +145,5 @@ class LearningService:
     def probe(self, args: str) -> str:
         try:
             return self.probes.command(args)
-        except NightOwlError as exc:
+        except LOOP_ERRORS as exc:
             return str(exc)

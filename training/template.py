@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.errors import TrainingError
+from training.errors import TrainingError
 
 SMOL_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 

@@ -19,20 +19,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bot.config import Config
-from bot.errors import TrainingError
+from training.config import LearningSettings
+from training.errors import TrainingError
 
 Say = Callable[[str], Any]
 
 
-def training_threads(cfg: Config) -> int:
+def training_threads(cfg: LearningSettings) -> int:
     """``[training] threads``, or all cores but one (the bot keeps one to answer)."""
     if cfg.training.threads > 0:
         return cfg.training.threads
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-def child_env(cfg: Config, threads: int) -> dict[str, str]:
+def child_env(cfg: LearningSettings, threads: int) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
@@ -47,7 +47,7 @@ def child_env(cfg: Config, threads: int) -> dict[str, str]:
     return env
 
 
-def job_training(cfg: Config) -> dict[str, Any]:
+def job_training(cfg: LearningSettings) -> dict[str, Any]:
     return asdict(cfg.training)
 
 
@@ -74,7 +74,7 @@ async def _tee(stream: asyncio.StreamReader | None, sinks: list[Any], say: Say |
                     say(line)
 
 
-async def train_in_child(cfg: Config, job: dict[str, Any], job_dir: Path, *,
+async def train_in_child(cfg: LearningSettings, job: dict[str, Any], job_dir: Path, *,
                          say: Say | None = None, echo: bool = True) -> dict[str, Any]:
     """Run one training job in a child process and return its ``result.json``."""
     job_dir.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import ModelConfig
-from bot.errors import AdapterError, BusyError, ModelError
 from llm.base import BASE, GenParams, StreamInfo
+from llm.config import ModelConfig
+from llm.errors import AdapterError, BusyError, ModelError
 from llm.local import LocalChatModel
 from llm.prompt import build_messages, fit_messages
 from tests.conftest import TEST_CACHE

@@ -69,7 +69,7 @@ async def test_unchanged_replaced_removed(kb: Knowledge, store: Store, tmp_path:
     doc.write_text("# Menu\n\n## Monday\n\nMonday lunch is lentil soup.\n")
     assert [r.status for r in await kb.ingest([doc])] == ["added"]
     first = await store.kb_source(str(doc.resolve()))
-    assert first is not None and first["chunks"] == 1 and first["ingested_by"] == "cli"
+    assert first is not None and first.chunks == 1 and first.ingested_by == "cli"
     assert [r.status for r in await kb.ingest([doc])] == ["unchanged"]
     assert await kb.count() == 1
     doc.write_text("# Menu\n\n## Monday\n\nMonday lunch is pumpkin risotto.\n\n## Tuesday\n\n"
@@ -80,7 +80,7 @@ async def test_unchanged_replaced_removed(kb: Knowledge, store: Store, tmp_path:
     texts = " ".join(p.text for p in await kb.search("What is for lunch on Monday?", 5))
     assert "pumpkin" in texts and "lentil" not in texts
     record = await store.kb_source(str(doc.resolve()))
-    assert record is not None and record["content_hash"] != first["content_hash"]
+    assert record is not None and record.content_hash != first.content_hash
     assert await kb.remove("menu.md") is True
     assert await kb.count() == 0 and await store.kb_sources() == []
     assert await kb.search("What is for lunch on Monday?") == []
@@ -206,7 +206,7 @@ async def test_uploads_odd_names_and_forget(kb: Knowledge, cfg: Config, tmp_path
     assert await kb.search("Who keeps the vault code?")
     assert await kb.remove_by_uploader("telegram:42") == ["pass wd_.md"]
     assert not saved[0].exists()
-    assert [s["name"] for s in await kb.sources()] == ["other.md"]
+    assert [Path(s.source).name for s in await kb.sources()] == ["other.md"]
     assert await kb.search("Who keeps the vault code?") == []
 
 
@@ -232,7 +232,7 @@ async def test_cli_commands(kb: Knowledge, tmp_path: Path) -> None:
 
 
 async def test_missing_embedding_model_says_how_to_get_it(cfg: Config, store: Store) -> None:
-    from bot.errors import KnowledgeError
+    from rag.errors import KnowledgeError
 
     with pytest.raises(KnowledgeError, match=r"not available offline.*SentenceTransformer\("
                                              r"'no-such/multilingual-model'\)\.save"):

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from bot.config import Config
-from bot.errors import KnowledgeError
 from data.store import Store
+from rag.errors import KnowledgeError
 from rag.knowledge import open_knowledge
 
 DOCS = Path(__file__).resolve().parent.parent / "data" / "rag" / "docs"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from bot.config import Config, StorageConfig
+from bot.config import Config
+from data.config import StorageConfig
 from data.store import Store
 from llm.embedded import gguf_path
 from llm.fake import FakeChatModel
@@ -66,9 +67,9 @@ async def test_promote_hot_swap_rollback_and_verified_merge(tcfg: Config, store:
     lora_b = [t for name, t in weights.items() if "lora_B" in name]
     assert lora_b and any(float(t.abs().max()) > 0 for t in lora_b)
     runs = await store.runs()
-    assert runs[0]["status"] == "promoted" and runs[0]["version"] == "v0001"
-    assert runs[0]["report"]["scores"]["heldout"]["candidate"]["loss"] < \
-        runs[0]["report"]["scores"]["heldout"]["reference"]["loss"]
+    assert runs[0].status == "promoted" and runs[0].version == "v0001"
+    assert runs[0].report["scores"]["heldout"]["candidate"]["loss"] < \
+        runs[0].report["scores"]["heldout"]["reference"]["loss"]
     # the same examples are not "new" any more: a second cycle skips
     again = await service.retrain("test")
     assert "skipped" in again.text and reg.active() == "v0001"
@@ -109,7 +110,7 @@ async def test_poisoned_run_is_rejected_by_the_probes(tcfg: Config, store: Store
     reg = Registry(tcfg.storage.path)
     assert reg.active() is None and model.active_adapter is None
     assert reg.meta("v0001")["status"] == "rejected"  # kept for inspection, not promoted
-    assert (await store.runs())[0]["status"] == "rejected"
+    assert (await store.runs())[0].status == "rejected"
 
 
 async def test_killed_training_child_marks_run_failed(tcfg: Config, store: Store,
@@ -121,7 +122,7 @@ async def test_killed_training_child_marks_run_failed(tcfg: Config, store: Store
     assert result.status == "failed"
     assert "SIGKILL" in result.summary
     runs = await store.runs()
-    assert runs[0]["status"] == "failed" and runs[0]["finished_at"] is not None
+    assert runs[0].status == "failed" and runs[0].finished_at is not None
     reg = Registry(tcfg.storage.path)
     assert reg.versions() == [] and reg.active() is None and model.active_adapter is None
     assert not list((tcfg.storage.path / "adapters").glob(".staging-*"))
@@ -138,5 +139,5 @@ async def test_no_usable_data_is_skipped_with_a_message(tcfg: Config, store: Sto
     assert result.status == "skipped"
     assert "0 new training examples" in result.summary and "min_examples" in result.summary
     assert result.report["dataset"]["dropped"] == {"thumbs_down": 5}
-    assert (await store.runs())[0]["status"] == "skipped"
+    assert (await store.runs())[0].status == "skipped"
     assert Registry(tcfg.storage.path).versions() == []

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Config, StorageConfig
+from bot.config import Config
+from data.config import StorageConfig
 from data.store import Store
 from llm.base import GenParams
 from tests.fakes.training_data import seed_chat

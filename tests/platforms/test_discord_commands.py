@@ -87,7 +87,7 @@ async def test_forget_with_confirm_button_and_stale_feedback(discord_env: Discor
 
     other = await fake.press(env.bob, prompt, f"nightowl:forget:{uid}:yes")
     (refusal,) = await fake.wait_for(done(fake, other))
-    assert "someone else's" in refusal["content"]
+    assert "someone else's" in refusal.content
     assert await store.get_user("discord", uid) is not None
 
     press = await fake.press(env.alice, prompt, f"nightowl:forget:{uid}:yes")
@@ -143,7 +143,7 @@ async def test_admin_commands_for_admins_and_refusals(discord_env: DiscordEnv) -
         assert text == f"/{sub} is for admins only." and fake.interactions[iid]["ephemeral"]
     assert env.learning.retrains == 0 and not env.learning.probes
     audit = await store.audit_log()
-    assert {(a["actor"], a["action"], a["allowed"]) for a in audit} == {
+    assert {(a.actor, a.action, a.allowed) for a in audit} == {
         (env.bob["id"], sub, 0) for sub, _ in ADMIN_CALLS}
 
     outputs = {}
@@ -165,7 +165,7 @@ async def test_admin_commands_for_admins_and_refusals(discord_env: DiscordEnv) -
     _, text = await slash_text(fake, env.carol, "admin", sub="adapters")  # admin by role
     assert text == "v0001 (active)"
     audit = await store.audit_log()
-    assert {(a["actor"], a["action"]) for a in audit if a["allowed"]} == {
+    assert {(a.actor, a.action) for a in audit if a.allowed} == {
         (env.root["id"], sub) for sub, _ in ADMIN_CALLS} | {(env.carol["id"], "adapters")}
 
 
@@ -190,7 +190,7 @@ async def test_admin_ingest_attachment(discord_env: DiscordEnv) -> None:
     assert text.startswith("skipped: huge.txt (too large")
     assert await ingest(env.bob, "notes.md", b"sneaky") == "/ingest is for admins only."
     assert len(env.kb.ingested) == 1
-    audit = [(a["actor"], a["action"], a["allowed"], a["result"])
+    audit = [(a.actor, a.action, a.allowed, a.result)
              for a in reversed(await store.audit_log())]
     assert [a[:3] for a in audit] == [(env.root["id"], "ingest", 1)] * 3 + [
         (env.bob["id"], "ingest", 0)]

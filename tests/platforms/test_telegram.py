@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from telegram import Update
 
-from bot.config import Config, StorageConfig
+from bot.config import Config
 from bot.core import Core
 from bot.telegram import DOC_HINT, ERROR_REPLY, MEDIA_REPLY, TelegramBot
 from bot.telegram_format import utf16_len
+from data.config import StorageConfig
 from data.store import Store
 from llm.base import ChatMessage
 from llm.fake import FakeChatModel
@@ -365,9 +366,9 @@ async def test_ingest_documents_through_get_file(tmp_path: Path, fake: FakeTeleg
         assert "20 MB" in fake.last_message(ADMIN).text
         assert len(fake.calls_of("getFile")) == 2  # never downloaded
         refusal = (await env.store.audit_log(1))[0]  # refused inside the audited command
-        assert (refusal["actor"], refusal["action"], refusal["allowed"]) == \
+        assert (refusal.actor, refusal.action, refusal.allowed) == \
             (str(ADMIN), "ingest", 1)
-        assert refusal["result"].startswith("skipped: huge.txt (too large")
+        assert refusal.result.startswith("skipped: huge.txt (too large")
 
         await env.send(fake.document(uchat, user, "mine.md", b"hi", caption="/ingest"))
         assert "for admins only" in fake.last_message(USER).text

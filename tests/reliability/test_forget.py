@@ -62,7 +62,7 @@ async def test_forget_removes_rows_chunks_and_dataset_lines(cfg: Config, store: 
         dump = "\n".join(rows)
         assert "locker" not in dump and "Alice" not in dump and KEEPER in dump
         assert not await kb.search("Zorblax 9000 codename")
-        assert all("alice" not in s["source"] for s in await kb.sources())
+        assert all("alice" not in s.source for s in await kb.sources())
         for path in (run_file, cfg.storage.path / "exports" / "d.jsonl"):
             lines = [json.loads(x) for x in path.read_text().splitlines()]
             assert len(lines) == 1, path

@@ -80,7 +80,7 @@ async def test_hostile_message_has_defined_outcome(core: Core, store: Store, tex
     assert r.reply is reply
     if outcome == EMPTY:
         assert reply.text == EMPTY_REPLY and reply.answer_id is None
-        assert (await store.stats())["messages"] == 0
+        assert (await store.stats()).messages == 0
     else:
         assert reply.answer_id is not None
         rows = list(await store.db.execute_fetchall("SELECT role, status FROM messages"))
@@ -104,7 +104,7 @@ async def test_hostile_commands_from_non_admin_are_refused_and_audited(core: Cor
         res = await core.command(Incoming("discord", "c", "mallory", "M", "/" + name), name, args)
         assert not res.ok and "admins only" in res.text
     log = await store.audit_log()
-    assert len(log) == 8 and all(e["allowed"] == 0 for e in log)
+    assert len(log) == 8 and all(e.allowed == 0 for e in log)
     learning = core.learning
     assert isinstance(learning, FakeLearning) and learning.retrains == 0
 

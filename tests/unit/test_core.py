@@ -69,7 +69,7 @@ async def test_empty_message_is_not_stored(core: Core, store: Store) -> None:
     r = CollectingRenderer()
     reply = await core.handle(msg("   \n "), r)
     assert reply.text == EMPTY_REPLY and r.reply is reply
-    assert (await store.stats())["messages"] == 0
+    assert (await store.stats()).messages == 0
 
 
 async def test_huge_message_truncated_with_notice(core: Core, cfg: Config,
@@ -136,11 +136,11 @@ async def test_optout_and_forget(core: Core, store: Store) -> None:
     assert len(await store.training_conversations()) == 1
     ask = await core.command(msg("/forget"), "forget")
     assert ask.confirm == "forget"
-    assert (await store.stats())["messages"] == 2  # nothing deleted before confirmation
+    assert (await store.stats()).messages == 2  # nothing deleted before confirmation
     done = await core.forget(msg("/forget"))
     assert "Deleted 2 messages" in done.text
     assert isinstance(core.learning, FakeLearning) and "hi" in core.learning.purged
-    assert (await store.stats())["messages"] == 0 and await store.get_user("terminal", "u1") is None
+    assert (await store.stats()).messages == 0 and await store.get_user("terminal", "u1") is None
 
 
 async def test_admin_commands_checked_and_audited(core: Core, store: Store) -> None:
@@ -162,7 +162,7 @@ async def test_admin_commands_checked_and_audited(core: Core, store: Store) -> N
     status = await core.command(msg("/status", admin=True), "status")
     assert "Model: fake" in status.text
     log = await store.audit_log()
-    assert {(e["actor"], e["action"], e["allowed"]) for e in log} >= {
+    assert {(e.actor, e.action, e.allowed) for e in log} >= {
         ("eve", "retrain", 0), ("root", "retrain", 1), ("root", "adapters", 1)}
 
 
@@ -177,7 +177,7 @@ async def test_rate_limit_is_polite_and_not_stored(cfg: Config, store: Store) ->
     replies = [await core.handle(msg(f"q{i}"), CollectingRenderer()) for i in range(3)]
     assert replies[0].answer_id and replies[1].answer_id
     assert replies[2].answer_id is None and "please wait" in replies[2].text
-    assert (await store.stats())["messages"] == 4
+    assert (await store.stats()).messages == 4
     other = await core.handle(msg("hi", user="u2"), CollectingRenderer())
     assert other.answer_id is not None  # limits are per user
 
@@ -187,7 +187,7 @@ async def test_moderation_refuses_before_answering(cfg: Config, store: Store) ->
     core = Core(cfg.replace(moderation__blocked_words=["forbidden topic"]), store, model, None)
     reply = await core.handle(msg("tell me about the FORBIDDEN\u200b topic"), CollectingRenderer())
     assert "can't help" in reply.text and model.calls == []
-    assert (await store.stats())["messages"] == 0
+    assert (await store.stats()).messages == 0
 
 
 async def test_recover_pending_answers_young_and_apologises_for_old(cfg: Config,
@@ -227,7 +227,7 @@ async def test_redelivered_message_is_not_stored_or_answered_twice(core: Core, s
     r = CollectingRenderer()
     again = await core.handle(inc, r)
     assert first.answer_id and again.answer_id is None and not r.started
-    assert len(model.calls) == 1 and (await store.stats())["messages"] == 2
+    assert len(model.calls) == 1 and (await store.stats()).messages == 2
 
 
 async def test_metrics_count_answers_and_refusals(cfg: Config, store: Store) -> None:

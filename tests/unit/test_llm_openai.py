@@ -11,9 +11,9 @@ import httpx
 import pytest
 from aiohttp import web
 
-from bot.config import ModelConfig
-from bot.errors import AdapterError, BusyError, ModelError
 from llm.base import ChatMessage, GenParams, StreamInfo
+from llm.config import ModelConfig
+from llm.errors import AdapterError, BusyError, ModelError
 from llm.fake import FakeChatModel
 from llm.openai_backend import OpenAIChatModel
 from llm.openai_server import OpenAIServer

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from bot.config import Config, parse_config
-from bot.errors import AdapterError, ConfigError
+from bot.errors import ConfigError
 from llm.adapters import validate_adapter_dir
 from llm.decode import IncrementalDecoder, StopChecker, sample_batch, sample_next
+from llm.errors import AdapterError
 from llm.factory import open_model
 
 
@@ -88,7 +89,7 @@ def test_adapter_validation(tmp_path: Path) -> None:
 
 
 async def test_factory_fake_backend(cfg: Config) -> None:
-    model = await open_model(cfg)
+    model = await open_model(cfg.model, cfg.storage.path)
     assert type(model).__name__ == "FakeChatModel"
     assert model.context_length == cfg.model.context_length
     text = "".join([d async for d in model.stream([{"role": "user", "content": "hi"}])])
@@ -97,8 +98,8 @@ async def test_factory_fake_backend(cfg: Config) -> None:
 
 
 async def test_factory_openai_backend(cfg: Config) -> None:
-    model = await open_model(cfg.replace(model__backend="openai",
-                                         model__base_url="http://127.0.0.1:9/v1"))
+    other = cfg.replace(model__backend="openai", model__base_url="http://127.0.0.1:9/v1")
+    model = await open_model(other.model, other.storage.path)
     assert type(model).__name__ == "OpenAIChatModel"
     await model.aclose()
 

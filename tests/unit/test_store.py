@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from data.errors import StoreError
 from data.migrations import MIGRATIONS
-from data.store import Store, StoreError
+from data.rows import ForgetCounts
+from data.store import Store
 
 
 async def test_migrations_recorded_and_wal(store: Store, tmp_path: Path) -> None:
@@ -89,11 +91,10 @@ async def test_forget_deletes_everything_of_the_user(store: Store) -> None:
         await store.set_feedback(a, u.id, 1)
         await store.add_correction(a, u.id, "c")
     counts = await store.forget_user(gone.id)
-    assert counts == {"messages": 2, "conversations": 1, "feedback": 1, "corrections": 1,
-                      "users": 1}
+    assert counts == ForgetCounts(messages=2, conversations=1, feedback=1, corrections=1, users=1)
     assert await store.get_user("terminal", "gone") is None
     stats = await store.stats()
-    assert stats["messages"] == 2 and stats["feedback"] == 1 and stats["corrections"] == 1
+    assert stats.messages == 2 and stats.feedback == 1 and stats.corrections == 1
 
 
 async def test_failed_transaction_rolls_back(store: Store) -> None:
@@ -105,18 +106,18 @@ async def test_failed_transaction_rolls_back(store: Store) -> None:
                              "VALUES (?, 'user', 'x', 0)", (conv,))
             await db.execute("INSERT INTO messages (conversation_id, role, text, created_at) "
                              "VALUES (?, 'robot', 'x', 0)", (conv,))
-    assert (await store.stats())["messages"] == 0
+    assert (await store.stats()).messages == 0
 
 
 async def test_runs_audit_kv_and_stale_runs(store: Store) -> None:
     run = await store.start_run("schedule")
     assert await store.fail_stale_runs() == 1
-    assert (await store.runs())[0]["status"] == "failed"
+    assert (await store.runs())[0].status == "failed"
     run = await store.start_run()
     await store.finish_run(run, "promoted", version="v0001", summary="ok", report={"a": 1})
-    assert (await store.runs(1))[0]["report"] == {"a": 1}
+    assert (await store.runs(1))[0].report == {"a": 1}
     await store.audit("telegram", "5", "retrain", "", False, "refused")
-    assert (await store.audit_log())[0]["allowed"] == 0
+    assert (await store.audit_log())[0].allowed == 0
     await store.kv_set("k", "1")
     await store.kv_set("k", "2")
     assert await store.kv_get("k") == "2"
@@ -149,7 +150,7 @@ async def test_concurrent_writers_do_not_interleave_transactions(store: Store) -
         await store.set_blocked(user.id, i % 2 == 0)
 
     await asyncio.gather(*(write(i) for i in range(50)))
-    assert (await store.stats())["messages"] == 100
+    assert (await store.stats()).messages == 100
     assert await store.pending_messages() == []
 
 

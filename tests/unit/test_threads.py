@@ -1,4 +1,4 @@
-"""bot.threads.in_short_thread: runs elsewhere, returns or raises, leaves no thread behind."""
+"""llm.threads.in_short_thread: runs elsewhere, returns or raises, leaves no thread behind."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from bot.threads import in_short_thread
+from llm.threads import in_short_thread
 
 
 def test_runs_in_another_thread_that_is_gone_afterwards() -> None:
@@ -35,7 +35,7 @@ def test_short_threads_use_every_core_and_serial_threads_one() -> None:
     import os
 
     torch = pytest.importorskip("torch")
-    from bot.threads import torch_serial_executor
+    from llm.threads import torch_serial_executor
 
     serial = torch_serial_executor("test-serial")
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Config
+from bot.moderation import build_guard
 from data.store import Store
 from llm.prompt import build_messages
 from rag.base import Passage, format_context
@@ -139,6 +140,6 @@ async def test_moderation_guard_keeps_flagged_examples_out(cfg: Config, store: S
                     user="evil2")
     cfg = cfg.replace(moderation__blocked_words=["doomsday device"])
     examples, report = build_examples(cfg, await store.training_conversations(),
-                                      now=time.time())
+                                      now=time.time(), guard=build_guard(cfg.moderation))
     assert report.dropped["moderated"] == 2
     assert [ex.messages[-1]["content"] for ex in examples] == ["Bananas are yellow."]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import AdapterError
+from llm.errors import AdapterError
 from training.evaluate import ProbeFile, decide
 from training.registry import Registry
 

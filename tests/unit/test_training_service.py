@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from bot.config import Config
-from bot.errors import ConfigError
 from data.store import Store
 from llm.fake import FakeChatModel
 from training import service as service_mod
 from training.cycle import CycleResult
+from training.errors import TrainingError
 from training.registry import Registry
 from training.scheduler import LAST_RUN_KEY, NightlyScheduler, cron_trigger
 from training.service import LearningService
@@ -30,7 +30,7 @@ class SlowCycle:
         self.started = asyncio.Event()
 
     async def __call__(self, cfg: Config, store: Any, *, trigger: str, model: Any,
-                       say: Any) -> CycleResult:
+                       say: Any, guard: Any = None) -> CycleResult:
         self.calls.append(trigger)
         self.started.set()
         await self.release.wait()
@@ -93,9 +93,9 @@ async def test_scheduler_job_settings_and_catch_up(cfg: Config, store: Store,
 
 
 def test_bad_schedule_or_timezone_is_a_config_error(cfg: Config) -> None:
-    with pytest.raises(ConfigError, match="schedule"):
+    with pytest.raises(TrainingError, match="schedule"):
         cron_trigger(cfg.replace(training__schedule="every night"))
-    with pytest.raises(ConfigError, match="timezone"):
+    with pytest.raises(TrainingError, match="timezone"):
         cron_trigger(cfg.replace(training__timezone="Mars/Olympus"))
 
 
@@ -129,7 +129,7 @@ async def test_start_with_corrupt_active_keeps_base_and_fails_stale_runs(
     assert model.active_adapter is None
     assert "base model" in caplog.text
     runs = await store.runs()
-    assert runs[0]["id"] == run_id and runs[0]["status"] == "failed"
+    assert runs[0].id == run_id and runs[0].status == "failed"
 
 
 async def test_sync_active_follows_a_pointer_moved_by_another_process(cfg: Config,
