@@ -22,7 +22,7 @@ async def main(n: int) -> dict[str, object]:
 
     from bot.config import Config
     from bot.core import Core
-    from bot.discord_bot import DiscordBot
+    from bot.discord.client import DiscordBot
     from data.config import StorageConfig
     from data.store import Store
     from llm.fake import FakeChatModel
@@ -41,7 +41,7 @@ async def main(n: int) -> dict[str, object]:
             model = FakeChatModel(lambda m: " ".join(["word"] * 40), delay_s=0.005)
             core = Core(cfg, store, model)
             t0 = time.perf_counter()
-            async with DiscordBot(cfg, core, fake.valid_token):
+            async with DiscordBot(cfg.discord, core, fake.valid_token):
                 startup = time.perf_counter() - t0
                 user = fake.add_user("bench")
                 latencies = []

@@ -31,13 +31,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llm.base import ChatMessage, ChatModel, GenParams, StreamInfo  # noqa: E402
 from llm.config import ModelConfig  # noqa: E402
+
+if TYPE_CHECKING:
+    from llm.local import LocalChatModel
+    from llm.local.loading import Loaded
 
 TOPICS = ["owls", "bread", "rivers", "volcanoes", "chess", "bicycles", "tea", "glaciers",
           "libraries", "bees", "lighthouses", "comets", "gardens", "trains", "whales", "clocks"]
@@ -152,14 +156,13 @@ async def measure(model: ChatModel, work: Workload, naive: Any, pool: Pool, repe
     }
 
 
-def hf_naive(model: Any) -> Any:
+def hf_naive(model: LocalChatModel) -> Any:
     """One ``generate`` per request, sequentially (the baseline the service must beat)."""
     async def run(batch: list[list[ChatMessage]], params: list[GenParams]) -> float:
         import torch
 
-        hf, tok = model._model, model._tok
-
-        def work() -> float:
+        def work(loaded: Loaded) -> float:
+            hf, tok = loaded.model, loaded.tokenizer
             tokens, t0 = 0, time.perf_counter()
             with torch.inference_mode():
                 for msgs, p in zip(batch, params, strict=True):
@@ -175,7 +178,7 @@ def hf_naive(model: Any) -> Any:
 
         # On the service's own worker thread: the same thread (and OpenMP pool) as the service,
         # so the baseline is not slowed by a second pool competing for the cores.
-        return float(await model._call(work))
+        return float(await model.run_on_worker(work))
     return run
 
 
@@ -225,7 +228,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def with_adapter(model: Any, pool: Pool, work: Workload) -> dict[str, Any]:
+async def with_adapter(model: LocalChatModel, pool: Pool, work: Workload) -> dict[str, Any]:
     """Single stream and 8 concurrent chats with a LoRA adapter active (the state after the first
     nightly training): a random r=16 adapter on every linear layer, like [training]'s default."""
     import tempfile
@@ -244,10 +247,10 @@ async def with_adapter(model: Any, pool: Pool, work: Workload) -> dict[str, Any]
         for name, param in lora.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(param, std=1e-3)
-        lora.save_pretrained(folder)
+        lora.save_pretrained(str(folder))
 
     with tempfile.TemporaryDirectory() as tmp:
-        await model._call(lambda: make(Path(tmp)))  # torch work stays on the worker thread
+        await model.run_on_worker(lambda _: make(Path(tmp)))  # torch work on the worker thread
         await model.set_adapter(Path(tmp), "bench")
         singles = [await run_one(model, msgs, work.params(i))
                    for i, msgs in enumerate(pool.take(3))]

@@ -3,7 +3,7 @@
 Same model (the embedded SmolLM2-135M), same fixed synthetic chat dataset, same LoRA settings and
 optimizer hyper-parameters, same process, one after the other. Ours = trl SFTTrainer with
 assistant-only loss, padding-free batches, bf16 base weights and the LM head projected only at
-labelled tokens (training/worker.py). Baseline = the
+labelled tokens (training/sft_trainer.py). Baseline = the
 plain recipe: chat text tokenized, padded to the longest in the batch, loss on every token, fp32.
 Both are scored with the same held-out metric (loss on assistant tokens).
 
@@ -20,7 +20,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.job import TrainJob
 
 ROOT = Path(__file__).resolve().parent.parent
 # this file is named like the `training` package: put the project root first so imports resolve
@@ -56,27 +59,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_ours(job: dict[str, Any]) -> tuple[float, Any, Any, str]:
-    from training import worker
+def run_ours(job: TrainJob) -> tuple[float, Any, Any, str]:
+    from training.sft_trainer import load_model, train
     from training.template import training_template
 
-    model, tok, backend = worker.load_model(job)
+    model, tok, backend = load_model(job)
     template = training_template(tok)
-    stats = worker.train(job, model, tok, template, backend)
-    return float(stats["samples_per_s"]), model, tok, template
+    stats = train(job, model, tok, template, backend)
+    return stats.samples_per_s, model, tok, template
 
 
-def run_baseline(job: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[float, Any]:
+def run_baseline(job: TrainJob, rows: list[dict[str, Any]]) -> tuple[float, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    t = job["training"]
-    tok = AutoTokenizer.from_pretrained(job["model_path"])
-    base = AutoModelForCausalLM.from_pretrained(job["model_path"], dtype=torch.float32)
+    t = job.training
+    tok = AutoTokenizer.from_pretrained(job.model_path)
+    base = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=torch.float32)
     model = get_peft_model(base, LoraConfig(
-        r=t["lora_r"], lora_alpha=t["lora_alpha"], lora_dropout=t["lora_dropout"],
-        target_modules=t["target_modules"], task_type="CAUSAL_LM", bias="none"))
+        r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+        target_modules=t.target_modules, task_type="CAUSAL_LM", bias="none"))
     feats = [tok(tok.apply_chat_template(r["messages"], tokenize=False),
                  add_special_tokens=False)["input_ids"] for r in rows]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -93,12 +96,12 @@ def run_baseline(job: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[float
         return {"input_ids": ids, "attention_mask": att, "labels": labels}
 
     args = TrainingArguments(
-        output_dir=str(Path(job["job_dir"]) / "baseline"), num_train_epochs=t["epochs"],
-        max_steps=t["max_steps"], learning_rate=t["learning_rate"],
-        weight_decay=t["weight_decay"], lr_scheduler_type=t["lr_scheduler"],
-        warmup_steps=t["warmup_steps"], per_device_train_batch_size=t["batch_size"],
-        gradient_accumulation_steps=t["grad_accum"], max_grad_norm=t["max_grad_norm"],
-        seed=t["seed"], data_seed=t["seed"], logging_steps=10, save_strategy="no",
+        output_dir=str(Path(job.job_dir) / "baseline"), num_train_epochs=t.epochs,
+        max_steps=t.max_steps, learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay, lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps, per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, max_grad_norm=t.max_grad_norm,
+        seed=t.seed, data_seed=t.seed, logging_steps=10, save_strategy="no",
         report_to=[], use_cpu=True, bf16=False, disable_tqdm=True,
         remove_unused_columns=False, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=feats,  # type: ignore[arg-type]
@@ -106,7 +109,7 @@ def run_baseline(job: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[float
     started = time.perf_counter()
     out = trainer.train()
     elapsed = time.perf_counter() - started
-    epochs = float(out.metrics.get("epoch", t["epochs"]))
+    epochs = float(out.metrics.get("epoch", t.epochs))
     return len(rows) * epochs / elapsed, model
 
 
@@ -130,28 +133,28 @@ def main() -> int:
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(opts.threads)
-    from bot.config import Config
+    from llm.config import DEFAULT_SYSTEM_PROMPT
     from llm.embedded import ensure_embedded_model
-    from training.evaluate import assistant_scores
-    from training.trainer import job_training
+    from training.config import TrainingConfig
+    from training.gate import assistant_scores
+    from training.job import TrainJob
 
     model_path = str(ensure_embedded_model(Path(opts.storage), say=lambda s: None))
-    cfg = Config().replace(training__epochs=opts.epochs, training__grad_accum=1,
-                           training__warmup_steps=2)
-    rows = synthetic(opts.train + opts.eval, 7, cfg.model.system_prompt)
+    settings = TrainingConfig(epochs=opts.epochs, grad_accum=1, warmup_steps=2)
+    rows = synthetic(opts.train + opts.eval, 7, DEFAULT_SYSTEM_PROMPT)
     train_rows, eval_rows = rows[:opts.train], rows[opts.train:]
     with tempfile.TemporaryDirectory() as tmp:
         train_file = Path(tmp) / "train.jsonl"
         train_file.write_text("\n".join(json.dumps(r) for r in train_rows), encoding="utf-8")
-        job = {"model_path": model_path, "training": job_training(cfg),
-               "train_file": str(train_file), "job_dir": tmp}
+        job = TrainJob(model_path=model_path, training=settings, job_dir=tmp,
+                       train_file=str(train_file), adapter_out=str(Path(tmp) / "adapter"))
         import contextlib
         import io
 
         eval_convs = [r["messages"] for r in eval_rows]
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             base_sps, base_model = run_baseline(job, train_rows)
-            torch.manual_seed(cfg.training.seed)
+            torch.manual_seed(settings.seed)
             ours_sps, model, tok, template = run_ours(job)
         n_tokens = sum(len(tok.apply_chat_template(r["messages"], tokenize=True,
                                                    return_dict=True)["input_ids"])

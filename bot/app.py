@@ -1,6 +1,9 @@
-"""The one place that wires NightOwl: store, model, knowledge, learning, core, platforms.
+"""The composition root: the one place that wires NightOwl.
 
-Everything is opened with nested ``async with`` and passed down through constructors.
+store → model → knowledge → learning → core (:func:`open_services`), then the platforms, the
+metrics endpoint, the chores and the nightly scheduler (:func:`run_platforms`), each opened with
+a nested ``async with`` and closed in reverse order; everything is passed down through
+constructors. A piece that is switched off (no token, ``[rag] enabled = false``...) yields None.
 """
 
 from __future__ import annotations
@@ -10,18 +13,22 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bot.config import Config
-from bot.core import Core
-from bot.errors import ConfigError
-from bot.moderation import build_guard
+from bot.core import ConfigError, Core
+from bot.core.moderation import build_guard
 from data.errors import StoreError
 from data.store import Store
+from llm.base import ChatModel
+from llm.factory import open_model
+from rag.knowledge import Knowledge, ensure_sample, open_knowledge
+from training.scheduler import NightlyScheduler
+from training.service import LearningService
 
 log = logging.getLogger("nightowl.app")
 
@@ -51,11 +58,12 @@ class Services:
     cfg: Config
     store: Store
     core: Core
-    model: Any
-    knowledge: Any
-    learning: Any
+    model: ChatModel
+    knowledge: Knowledge | None
+    learning: LearningService | None
 
 
+# ---- the pieces, each an async context --------------------------------------------------------
 @asynccontextmanager
 async def open_store(cfg: Config, check: bool = False) -> AsyncIterator[Store]:
     """Open the database; with ``check``, refuse to start on a failed integrity check."""
@@ -71,41 +79,121 @@ async def open_store(cfg: Config, check: bool = False) -> AsyncIterator[Store]:
 
 
 @asynccontextmanager
+async def _model(cfg: Config, say: Say) -> AsyncIterator[ChatModel]:
+    model = await open_model(cfg.model, cfg.storage.path, say=say)
+    try:
+        yield model
+    finally:
+        await model.aclose()
+
+
+@asynccontextmanager
+async def _knowledge(cfg: Config, store: Store, wanted: bool,
+                     say: Say) -> AsyncIterator[Knowledge | None]:
+    if not (wanted and cfg.rag.enabled):
+        yield None
+        return
+    kb = await open_knowledge(cfg, store)
+    try:
+        if cfg.rag.sample_on_first_run:
+            results = await ensure_sample(kb)
+            if results:
+                say(f"Ingested the sample knowledge base ({len(results)} files).")
+        yield kb
+    finally:
+        await kb.aclose()
+
+
+async def _learning(cfg: Config, store: Store, model: ChatModel,
+                    wanted: bool) -> LearningService | None:
+    if not wanted:
+        return None
+    service = LearningService(cfg, store, model, guard=build_guard(cfg.moderation))
+    await service.activate_on_start()
+    return service
+
+
+@asynccontextmanager
 async def open_services(cfg: Config, *, say: Say = print, knowledge: bool = True,
                         learning: bool = True) -> AsyncIterator[Services]:
-    """Open the store, the model, the knowledge base and the learning service."""
-    from llm.factory import open_model
-
-    async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(cfg, check=True))
+    """Open the store, the model, the knowledge base and the learning service; build the core."""
+    async with open_store(cfg, check=True) as store:
         stale = await store.fail_stale_runs()
         if stale:
             log.warning("marked %d interrupted training run(s) as failed", stale)
-        model = await open_model(cfg.model, cfg.storage.path, say=say)
-        stack.push_async_callback(model.aclose)
-        kb = None
-        if knowledge and cfg.rag.enabled:
-            from rag.knowledge import ensure_sample, open_knowledge
-
-            kb = await open_knowledge(cfg, store)
-            stack.push_async_callback(kb.aclose)
-            if cfg.rag.sample_on_first_run:
-                results = await ensure_sample(kb)
-                if results:
-                    say(f"Ingested the sample knowledge base ({len(results)} files).")
-        service = None
-        if learning:
-            from training.service import LearningService
-
-            service = LearningService(cfg, store, model, guard=build_guard(cfg.moderation))
-            await service.activate_on_start()
-        core = Core(cfg, store, model, kb, service)
-        try:
-            yield Services(cfg, store, core, model, kb, service)
-        finally:
-            await core.wait_background()
+        async with _model(cfg, say) as model, _knowledge(cfg, store, knowledge, say) as kb:
+            service = await _learning(cfg, store, model, learning)
+            core = Core(cfg, store, model, kb, service)
+            try:
+                yield Services(cfg, store, core, model, kb, service)
+            finally:
+                await core.wait_background()
 
 
+@asynccontextmanager
+async def _telegram(cfg: Config, core: Core, say: Say) -> AsyncIterator[object | None]:
+    token = cfg.secret(cfg.telegram.token_env)
+    if not token:
+        yield None
+        return
+    from bot.telegram.adapter import TelegramBot  # python-telegram-bot only when it is used
+
+    async with TelegramBot(cfg.telegram, core, token) as bot:
+        say("Telegram: connected.")
+        yield bot
+
+
+@asynccontextmanager
+async def _discord(cfg: Config, core: Core, say: Say) -> AsyncIterator[object | None]:
+    token = cfg.secret(cfg.discord.token_env)
+    if not token:
+        yield None
+        return
+    from bot.discord.client import DiscordBot  # discord.py only when it is used
+
+    async with DiscordBot(cfg.discord, core, token) as bot:
+        say("Discord: connected.")
+        yield bot
+
+
+@asynccontextmanager
+async def _metrics(svc: Services, say: Say) -> AsyncIterator[None]:
+    m = svc.cfg.metrics
+    if not m.port:
+        yield
+        return
+    svc.core.metrics.serve(m.host, m.port)
+    say(f"Metrics: http://{m.host}:{m.port}/metrics")
+    try:
+        yield
+    finally:
+        svc.core.metrics.close()
+
+
+@asynccontextmanager
+async def _chores(svc: Services) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(_housekeeping(svc)),
+             asyncio.create_task(_follow_active_adapter(svc))]
+    try:
+        yield
+    finally:
+        for task in reversed(tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@asynccontextmanager
+async def _nightly(svc: Services, say: Say) -> AsyncIterator[None]:
+    if not (svc.cfg.training.enabled and svc.learning is not None):
+        yield
+        return
+    async with NightlyScheduler(svc.cfg, svc.learning, notify=svc.core.notify_admins):
+        say(f"Nightly training scheduled: '{svc.cfg.training.schedule}'.")
+        yield
+
+
+# ---- nightowl run -----------------------------------------------------------------------------
 class ShutdownSignals:
     """First SIGINT/SIGTERM: stop taking updates and shut down in order. Second: exit now."""
 
@@ -129,9 +217,7 @@ class ShutdownSignals:
 async def run_platforms(cfg: Config, say: Say = print,
                         stop: asyncio.Event | None = None) -> int:
     """``nightowl run``: every platform whose token is set, plus the nightly scheduler."""
-    tg_token = cfg.secret(cfg.telegram.token_env)
-    dc_token = cfg.secret(cfg.discord.token_env)
-    if not tg_token and not dc_token:
+    if not cfg.secret(cfg.telegram.token_env) and not cfg.secret(cfg.discord.token_env):
         raise ConfigError(f"no platform token is set: export {cfg.telegram.token_env} (Telegram) "
                           f"and/or {cfg.discord.token_env} (Discord), or use `nightowl chat`.")
     stop = stop or asyncio.Event()
@@ -140,45 +226,15 @@ async def run_platforms(cfg: Config, say: Say = print,
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
-    async with open_services(cfg, say=say) as svc, AsyncExitStack() as stack:
-        if tg_token:
-            from bot.telegram import TelegramBot
-
-            await stack.enter_async_context(TelegramBot(cfg, svc.core, tg_token))
-            say("Telegram: connected.")
-        if dc_token:
-            from bot.discord_bot import DiscordBot
-
-            await stack.enter_async_context(DiscordBot(cfg, svc.core, dc_token))
-            say("Discord: connected.")
-        if cfg.metrics.port:
-            svc.core.metrics.serve(cfg.metrics.host, cfg.metrics.port)
-            stack.callback(svc.core.metrics.close)
-            say(f"Metrics: http://{cfg.metrics.host}:{cfg.metrics.port}/metrics")
-        for chore in (_housekeeping(svc), _follow_active_adapter(svc)):
-            task = asyncio.create_task(chore)
-            stack.push_async_callback(_cancel, task)
-        if cfg.training.enabled and svc.learning is not None:
-            from training.scheduler import NightlyScheduler
-
-            await stack.enter_async_context(NightlyScheduler(cfg, svc.learning,
-                                                             notify=svc.core.notify_admins))
-            say(f"Nightly training scheduled: '{cfg.training.schedule}'.")
+    async with open_services(cfg, say=say) as svc, _telegram(cfg, svc.core, say), \
+            _discord(cfg, svc.core, say), _metrics(svc, say), _chores(svc), _nightly(svc, say):
         say("NightOwl is running. Press Ctrl+C to stop.")
         await stop.wait()
     return 0
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 async def _housekeeping(svc: Services, every_s: float = 300.0) -> None:
     """Periodic chores: log retention and metrics gauges. Never raises."""
-    import time
-
     while True:
         try:
             svc.core.metrics.observe_model(svc.model.stats(), svc.model.active_adapter)

@@ -2,8 +2,9 @@
 
 Each package owns its section next to the code that reads it (``[storage]`` in ``data.config``,
 ``[model]`` in ``llm.config``, ``[rag]`` in ``rag.config``, ``[training]``/``[privacy]`` in
-``training.config``); this module defines the bot's own sections, composes them all into
-:class:`Config`, and is the one TOML loader. Every setting is a dataclass field. Unknown keys,
+``training.config``; the bot's own sections next to their readers: ``bot.core.config``,
+``bot.telegram.config``, ``bot.discord.config``, ``bot.logs``); this module composes them all
+into :class:`Config` and is the one TOML loader. Every setting is a dataclass field. Unknown keys,
 wrong types and out-of-range values are errors whose message names the file, the key and what
 is allowed. Secrets never live in the file: a
 ``*_env`` setting names the environment variable that holds them.
@@ -20,9 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.errors import ConfigError
+from bot.core.config import ChatConfig, LimitsConfig, MetricsConfig, ModerationConfig
+from bot.core.errors import ConfigError
+from bot.discord.config import DiscordConfig
+from bot.logs import LoggingConfig
+from bot.telegram.config import TelegramConfig
 from data.config import StorageConfig
-from llm.config import DEFAULT_SYSTEM_PROMPT, ModelConfig, list_setting, setting
+from llm.config import DEFAULT_SYSTEM_PROMPT, ModelConfig
 from rag.config import RagConfig
 from training.config import PrivacyConfig, TrainingConfig
 
@@ -30,81 +35,6 @@ __all__ = ["DEFAULT_SYSTEM_PROMPT", "ChatConfig", "Config", "DiscordConfig", "Li
            "LoggingConfig", "MetricsConfig", "ModelConfig", "ModerationConfig", "PrivacyConfig",
            "RagConfig", "StorageConfig", "TelegramConfig", "TrainingConfig", "load_config",
            "parse_config"]
-
-
-@dataclass(frozen=True)
-class ChatConfig:
-    history_messages: int = setting(20, 0, 1000)
-    max_message_chars: int = setting(8000, 1, 1_000_000)
-    stream_interval_s: float = setting(0.5, 0.0, 60.0)
-    recover_max_age_s: float = setting(600.0, 0.0, 10_000_000.0)
-
-
-@dataclass(frozen=True)
-class TelegramConfig:
-    token_env: str = "TELEGRAM_BOT_TOKEN"
-    base_url: str = "https://api.telegram.org/bot"
-    base_file_url: str = "https://api.telegram.org/file/bot"
-    admins: list[int] = list_setting()
-    allowed_users: list[int] = list_setting()
-    allowed_chats: list[int] = list_setting()
-    stream_edit_interval_s: float = setting(1.5, 0.0, 60.0)
-    max_document_mb: float = setting(20.0, 0.001, 2000.0)
-    group_edit_interval_s: float = setting(3.0, 0.0, 60.0)
-    poll_timeout_s: float = setting(10.0, 0.0, 600.0)
-    request_timeout_s: float = setting(20.0, 0.1, 600.0)
-    ack_timeout_s: float = setting(10.0, 0.0, 3600.0)
-
-
-# Discord permissions that may hide /admin from members without them ("" = shown to everyone).
-ADMIN_MENU_PERMISSIONS = ("", "administrator", "manage_guild", "manage_channels",
-                          "manage_messages", "moderate_members")
-
-
-@dataclass(frozen=True)
-class DiscordConfig:
-    token_env: str = "DISCORD_BOT_TOKEN"
-    admins: list[int] = list_setting()
-    admin_role_ids: list[int] = list_setting()
-    guild_ids: list[int] = list_setting()
-    allowed_channels: list[int] = list_setting()
-    reply_in_threads: bool = False
-    stream_edit_interval_s: float = setting(1.2, 0.0, 60.0)
-    message_content: bool = False
-    max_attachment_mb: float = setting(20.0, 0.001, 2000.0)
-    admin_menu_permission: str = setting("", choices=ADMIN_MENU_PERMISSIONS)
-    ready_timeout_s: float = setting(60.0, 1.0, 3600.0)
-    guild_ready_timeout_s: float = setting(2.0, 0.0, 60.0)
-    api_base_url: str = ""
-    gateway_url: str = ""
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    user_messages_per_minute: float = setting(20.0, 0.0, 100_000.0)
-    user_burst: int = setting(5, 1, 100_000)
-    chat_messages_per_minute: float = setting(60.0, 0.0, 100_000.0)
-    max_concurrent_per_user: int = setting(2, 1, 1000)
-
-
-@dataclass(frozen=True)
-class ModerationConfig:
-    blocked_words: list[str] = list_setting()
-    classifier_model: str = ""
-    classifier_labels: list[str] = list_setting(("toxic",))
-    classifier_threshold: float = setting(0.8, 0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    port: int = setting(0, 0, 65535)
-    host: str = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    level: str = setting("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    json: bool = False
 
 
 @dataclass(frozen=True)

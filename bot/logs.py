@@ -1,4 +1,5 @@
-"""Logging: one line per event (plain or JSON), secrets redacted, a file under the storage dir."""
+"""``[logging]`` and the process's logging: one line per event (plain or JSON), secrets redacted,
+a rotating file under the storage dir. The command line sets it up once per process."""
 
 from __future__ import annotations
 
@@ -7,11 +8,19 @@ import logging
 import logging.handlers
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
-from bot.config import Config
+from bot.core.config import setting
 
 _STD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message", "asctime"}
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = setting("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    json: bool = False
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:
@@ -62,24 +71,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 
-def setup_logging(cfg: Config, quiet: bool = False) -> None:
-    """Configure the root logger once: stderr (WARNING when ``quiet``) and a rotating file."""
+def setup_logging(cfg: LoggingConfig, storage: Path, secrets: list[str],
+                  quiet: bool = False) -> None:
+    """Configure the root logger once: stderr (WARNING when ``quiet``) and a rotating file
+    ``<storage>/logs/nightowl.log``; ``secrets`` (their values) never reach either."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    level = getattr(logging, cfg.logging.level)
+    level = getattr(logging, cfg.level)
     root.setLevel(level)
-    fmt: logging.Formatter = (JsonFormatter() if cfg.logging.json else
+    fmt: logging.Formatter = (JsonFormatter() if cfg.json else
                               PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     fmt.converter = time.localtime
-    redact = RedactSecrets(cfg.secret_values())
+    redact = RedactSecrets(secrets)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING if quiet else level)
     console.setFormatter(fmt)
     console.addFilter(redact)
     root.addHandler(console)
     try:
-        logdir = cfg.storage.path / "logs"
+        logdir = storage / "logs"
         logdir.mkdir(parents=True, exist_ok=True)
         fh = logging.handlers.RotatingFileHandler(logdir / "nightowl.log", maxBytes=10_000_000,
                                                   backupCount=3, encoding="utf-8")
@@ -88,7 +99,7 @@ def setup_logging(cfg: Config, quiet: bool = False) -> None:
         fh.addFilter(redact)
         root.addHandler(fh)
     except OSError as exc:
-        root.warning("cannot write logs under %s: %s", cfg.storage.path, exc)
+        root.warning("cannot write logs under %s: %s", storage, exc)
     for noisy in ("httpx", "httpcore", "chromadb", "urllib3", "discord.gateway", "apscheduler",
                   "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -86,3 +86,25 @@ class KbSource:
     chunks: int
     ingested_at: float
     ingested_by: str
+
+
+@dataclass(frozen=True)
+class TrainingMessage:
+    """A finished message as the dataset builder sees it: its rating and its latest correction."""
+
+    id: int
+    role: str  # user | assistant
+    text: str
+    created_at: float
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    feedback: int | None = None  # 1 (👍), -1 (👎) or None (unrated)
+    correction: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingConversation:
+    """A conversation of a user who did not opt out, its finished messages oldest first."""
+
+    id: int
+    user_id: int
+    messages: tuple[TrainingMessage, ...]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -38,7 +38,6 @@ class StreamInfo:
     completion_tokens: int = 0
     queue_position: int = 0
     finish_reason: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

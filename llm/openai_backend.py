@@ -30,6 +30,7 @@ from typing import Any
 
 from llm.adapters import validate_adapter_dir
 from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
+from llm.canary import Canary
 from llm.config import ModelConfig
 from llm.errors import AdapterError, BusyError, ModelError
 
@@ -61,8 +62,7 @@ class OpenAIChatModel:
                                    timeout=cfg.timeout_s, max_retries=0)
         self._key = key
         self._active: str | None = None
-        self._canary: str | None = None
-        self._canary_credit = 0.0
+        self._canary = Canary(cfg.canary_share)
         self._adapters: dict[str, Path] = {}
         self._inflight = 0
         self._served = 0
@@ -85,13 +85,7 @@ class OpenAIChatModel:
                 raise AdapterError(f"adapter {adapter!r} was not loaded on the server; "
                                    "call load_adapter() first")
             return adapter
-        share = self.cfg.canary_share
-        if self._canary is not None and share > 0:
-            self._canary_credit += share
-            if self._canary_credit >= 1.0 - 1e-9:
-                self._canary_credit -= 1.0
-                return self._canary
-        return self._active
+        return self._canary.pick(self._active)
 
     def _down(self, exc: Exception) -> ModelError:
         return ModelError(f"cannot reach the model server at {self.base_url} ({exc}). Is the "
@@ -153,7 +147,7 @@ class OpenAIChatModel:
                      adapter: str = ACTIVE, info: StreamInfo | None = None) -> AsyncIterator[str]:
         import openai
 
-        params = params or GenParams()
+        params = params or self.cfg.gen_params()
         limit = self.cfg.max_batch_size + self.cfg.max_queue
         if self._inflight >= limit:
             raise BusyError(f"I'm busy right now: {self._inflight} answers are in progress or "
@@ -237,19 +231,13 @@ class OpenAIChatModel:
 
     async def load_adapter(self, path: Path, version: str) -> None:
         await self._post_lora(Path(path), version)
-        if version != self._active:
-            self._canary = version
-
-    def set_canary(self, version: str | None) -> None:
-        if version is not None and version not in self._adapters:
-            raise AdapterError(f"canary adapter {version!r} is not loaded")
-        self._canary = version
+        self._canary.loaded(version, self._active)
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
         self._tokens = [(t, n) for t, n in self._tokens if now - t <= 10.0]
         return {"backend": "openai", "base_url": self.base_url, "running": self._inflight,
-                "queue": 0, "adapter": self._active, "canary": self._canary,
+                "queue": 0, "adapter": self._active, "canary": self._canary.version,
                 "loaded_adapters": sorted(self._adapters), "served": self._served,
                 "tokens_per_s": round(sum(n for _, n in self._tokens) / 10.0, 1)}
 

@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from llm.base import ACTIVE, BASE, ChatModel, GenParams, StreamInfo
+from llm.config import ModelConfig
 from llm.errors import BusyError, ModelError
 
 MODEL_KEY = web.AppKey("model", ChatModel)
@@ -188,7 +189,7 @@ def make_app(model: ChatModel, api_key: str = "", defaults: GenParams | None = N
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app[MODEL_KEY] = model
     app[API_KEY] = api_key
-    app[DEFAULTS_KEY] = defaults or GenParams()
+    app[DEFAULTS_KEY] = defaults or ModelConfig().gen_params()
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/v1/load_lora_adapter", _load_lora)
@@ -211,10 +212,8 @@ class OpenAIServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        if self._runner.addresses:  # the port actually bound (port 0: one the OS chose)
+            self.port = int(self._runner.addresses[0][1])
         self.base_url = f"http://{self.host}:{self.port}/v1"
         return self.base_url
 

@@ -2,15 +2,15 @@
 
 OpenMP (torch's CPU thread pool) keeps a pool of threads for every long-lived thread that ran a
 parallel region. With two live pools on a small machine, libgomp throttles its spin-waits, and
-every parallel region of the chat model's worker then pays a thread wake-up: measured on the
-2-core CPU, decode fell from 29 to 18 tok/s after ONE query embedding in an asyncio executor
-thread. So torch work outside the model worker runs either
+every parallel region of the chat model's worker then pays a thread wake-up (a single query
+embedding in an asyncio executor thread is enough to slow decoding for good). So torch work
+outside the model worker runs either
 
 * in :func:`in_short_thread` (bulk work: ingest embeddings, a moderation classifier): the thread
   ends when the work returns and takes its pool with it; or
 * on a :func:`torch_serial_executor` (small, latency-bound work: a query embedding, an exact
   vector search): one long-lived thread whose torch ops run on itself only, so it never starts a
-  pool (starting a thread per query added ~10 ms to p95 search latency).
+  pool (and no query pays for starting a thread).
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from data.rows import KbSource
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,8 @@ class KnowledgeBase(Retriever, Protocol):
         """Ingest one uploaded file (chat upload) from memory."""
         ...
 
-    async def sources(self) -> list[dict[str, Any]]:
-        """Source records: source, content_hash, size, chunks, ingested_at, ingested_by."""
+    async def sources(self) -> list[KbSource]:
+        """One record per ingested source (SQLite ``kb_sources``)."""
         ...
 
     async def remove(self, source: str) -> bool:

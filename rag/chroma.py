@@ -1,12 +1,16 @@
-"""Chroma plumbing: the client (embedded or server), our embedding function, paged reads.
+"""Chroma plumbing: the client (embedded or server), our embedding function, the chunk collection.
 
-chromadb is imported only inside these functions (its import costs seconds).
+chromadb is imported only inside these functions (its import costs seconds). One
+:class:`ChunkCollection` owns the handle of the chunk collection: ingestion writes through it,
+search reads through it, and reindex swaps the collection behind it, so both always use the current
+one.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -97,12 +101,72 @@ def open_collection(client: Any, name: str, embedder: Embedder, dtype: str) -> A
                                 "max_neighbors": 32}})
 
 
-def iter_all(collection: Any, include: list[str]) -> Iterator[dict[str, Any]]:
-    """Every record of a collection, page by page: ``{"ids", "documents", "metadatas", ...}``."""
-    offset = 0
-    while True:
-        page = collection.get(include=include, limit=PAGE, offset=offset)
-        if not page["ids"]:
-            return
-        yield page
-        offset += len(page["ids"])
+@dataclass(frozen=True)
+class Records:
+    """Every chunk of a collection, in storage order."""
+
+    ids: list[str]
+    documents: list[str]
+    metadatas: list[dict[str, Any]]
+    vectors: Any = None  # numpy (n, dim) float32 when embeddings were read and there are any
+
+
+class ChunkCollection:
+    """The chunk collection and which embedding model its vectors come from."""
+
+    def __init__(self, client: Any, name: str, embedder: Embedder, dtype: str) -> None:
+        self.client = client
+        self.name = name
+        self.dtype = dtype
+        self.collection: Any = open_collection(client, name, embedder, dtype)
+        meta = self.collection.metadata or {}
+        self.indexed_with = str(meta.get("embedding_model", embedder.name))
+        if self.indexed_with != embedder.name and self.collection.count() == 0:
+            self.indexed_with = embedder.name  # no vectors of another model to re-embed
+
+    def count(self) -> int:
+        return int(self.collection.count())
+
+    def read_all(self, *, embeddings: bool = False) -> Records:
+        """Every record, page by page (a collection can be larger than one ``get``)."""
+        include = ["documents", "metadatas"] + (["embeddings"] if embeddings else [])
+        ids: list[str] = []
+        docs: list[str] = []
+        metas: list[dict[str, Any]] = []
+        pages: list[Any] = []
+        offset = 0
+        while True:
+            page = self.collection.get(include=include, limit=PAGE, offset=offset)
+            if not page["ids"]:
+                break
+            ids += page["ids"]
+            docs += page["documents"]
+            metas += page["metadatas"]
+            if embeddings:
+                import numpy as np
+
+                pages.append(np.asarray(page["embeddings"], dtype=np.float32))
+            offset += len(page["ids"])
+        vectors = None
+        if pages:
+            import numpy as np
+
+            vectors = np.concatenate(pages)
+        return Records(ids, docs, metas, vectors)
+
+    def rebuild(self, embedder: Embedder, fill: Callable[[Any], None]) -> None:
+        """``fill`` a fresh collection, then put it in place of this one under the same name.
+
+        The old collection is deleted only once the new one is complete; ``indexed_with`` is the
+        caller's to update (on the event loop, together with what it invalidates).
+        """
+        tmp = f"{self.name}-reindex"
+        try:
+            self.client.delete_collection(tmp)
+        except Exception:
+            pass  # no leftover from an interrupted reindex
+        new = open_collection(self.client, tmp, embedder, self.dtype)
+        fill(new)
+        self.client.delete_collection(self.name)
+        new.modify(name=self.name)
+        self.collection = open_collection(self.client, self.name, embedder, self.dtype)

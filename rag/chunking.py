@@ -26,6 +26,11 @@ class Chunk:
     tokens: int
 
 
+def embed_text(text: str, section: str) -> str:
+    """What is embedded (and keyword-indexed) for a chunk: its section path, then its text."""
+    return f"{section}\n{text}" if section else text
+
+
 def split_sections(text: str) -> list[tuple[str, str]]:
     """``[(section path, body including its heading line)]``; fenced code is never a heading.
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from data.config import StorageConfig
-from llm.config import list_setting, setting
+from llm.config import setting
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,6 @@ class RagConfig:
     max_file_mb: float = setting(20.0, 0.001, 10_000.0)
     sample_on_first_run: bool = True
     hybrid: bool = True
-    upload_roots: list[str] = list_setting()
     embedding_dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))
     min_keyword_score: float = setting(0.75, 0.0, 1.0)
     exact_search_max: int = setting(200_000, 0, 100_000_000)

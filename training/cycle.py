@@ -1,4 +1,4 @@
-"""One learning cycle: dataset -> train (child) -> evaluate -> register -> promote or reject.
+"""One learning cycle: build the dataset -> train (child) -> gate -> publish (register, promote).
 
 :func:`run_cycle` is the single importable entry point used by ``nightowl train``, ``/retrain`` and
 the nightly scheduler. It never raises for an ordinary failure: the run is recorded as ``failed``
@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from data.store import Store
 from llm.base import ChatMessage, ChatModel
 from llm.errors import AdapterError, BusyError
 from training.config import LearningSettings
@@ -33,9 +34,11 @@ from training.dataset import (
     write_jsonl,
 )
 from training.errors import LOOP_ERRORS
-from training.evaluate import ProbeFile, decide, load_regression, regression_key
+from training.gate import decide, load_regression, regression_key
+from training.job import RegressionSet, TrainJob
+from training.launch import train_in_child, training_threads
+from training.probes import ProbeFile
 from training.registry import Registry
-from training.trainer import job_training, train_in_child
 
 log = logging.getLogger("nightowl.training")
 Say = Callable[[str], Any]
@@ -156,7 +159,7 @@ def resolved_config(cfg: LearningSettings) -> dict[str, Any]:
     return out
 
 
-async def run_cycle(cfg: LearningSettings, store: Any, *, trigger: str = "manual",
+async def run_cycle(cfg: LearningSettings, store: Store, *, trigger: str = "manual",
                     model: ChatModel | None = None, say: Say = print,
                     guard: ContentGuard | None = None) -> CycleResult:
     """Run one learning cycle now; see the module docstring."""
@@ -168,7 +171,7 @@ async def run_cycle(cfg: LearningSettings, store: Any, *, trigger: str = "manual
         return CycleResult("skipped", 0, str(exc))
 
 
-async def _cycle(cfg: LearningSettings, store: Any, trigger: str, model: ChatModel | None,
+async def _cycle(cfg: LearningSettings, store: Store, trigger: str, model: ChatModel | None,
                  say: Say, guard: ContentGuard | None) -> CycleResult:
     from llm.embedded import resolve_model_path
 
@@ -211,41 +214,22 @@ async def _cycle(cfg: LearningSettings, store: Any, trigger: str, model: ChatMod
                 reference = None
         write_jsonl(run_dir / "train.jsonl", split.train)
         write_jsonl(run_dir / "eval.jsonl", split.eval)
-        questions = load_regression()
         staging = registry.staging_dir()
-        job = {
-            "model_path": model_path, "training": job_training(cfg),
-            "init_adapter": str(registry.path(reference))
-            if cfg.training.continue_from_active and reference else None,
-            "reference_adapter": str(registry.path(reference)) if reference else None,
-            "reference_version": reference,
-            "train_file": str(run_dir / "train.jsonl"), "eval_file": str(run_dir / "eval.jsonl"),
-            "probes": [{"question": p.question, "expected": p.expected}
-                       for p in ProbeFile(storage / "probes.json").load()],
-            "system_prompt": cfg.model.system_prompt,
-            "regression_questions": questions,
-            "regression_key": regression_key(model_path, cfg.model.system_prompt, questions,
-                                             REGRESSION_TOKENS),
-            "regression_cache": str(storage / "runs" / "regression-base.json"),
-            "regression_tokens": REGRESSION_TOKENS,
-            "adapter_out": str(staging),
-        }
+        job = _job(cfg, registry, model_path, reference, run_dir, staging)
         say(f"Training on {len(split.train)} examples ({len(split.new)} new) in a child "
             "process...")
-        result = await train_in_child(cfg, job, run_dir / "job", say=say)
-        decision = decide(result["scores"], cfg.training.eval_tolerance)
-        train_stats = {k: result.get(k) for k in (
-            "backend", "steps", "epochs", "examples", "train_loss", "train_runtime_s",
-            "samples_per_s", "peak_rss_mb", "duration_s", "threads", "peak_cuda_mb")}
+        result = await train_in_child(cfg, job, say=say)
+        decision = decide(result.scores, cfg.training.eval_tolerance)
+        train_stats = result.summary()
         report["training"] = train_stats
-        report["scores"] = result["scores"]
+        report["scores"] = result.scores
         report["decision"] = {"promote": decision.promote, "reasons": decision.reasons}
         meta = {"status": "promoted" if decision.promote else "rejected", "parent": parent,
                 "reference": reference, "trigger": trigger, "run_id": run_id,
                 "config": resolved_config(cfg),
                 "model": cfg.model.name, "model_path": model_path, "dataset": ds.to_dict(),
-                "examples": len(split.train), "loss_curve": result.get("loss_curve", []),
-                "scores": result["scores"], "reasons": decision.reasons,
+                "examples": len(split.train), "loss_curve": result.stats.loss_curve,
+                "scores": result.scores, "reasons": decision.reasons,
                 "duration_s": round(time.time() - started, 2), **train_stats}
         version = registry.register(staging, meta)
         staging = None
@@ -253,9 +237,9 @@ async def _cycle(cfg: LearningSettings, store: Any, trigger: str, model: ChatMod
                    for info in registry.infos()
                    if isinstance((info.meta.get("scores") or {}).get("heldout", {})
                                  .get("candidate", {}).get("loss"), float)]
-        ref_loss = result["scores"]["heldout"].get("reference", {}).get("loss")
+        ref_loss = result.scores["heldout"].get("reference", {}).get("loss")
         plot = await asyncio.to_thread(write_plot, run_dir / "training.png",
-                                       result.get("loss_curve", []), history[-20:],
+                                       result.stats.loss_curve, history[-20:],
                                        ref_loss if isinstance(ref_loss, float) else None)
         report["plot"] = str(plot) if plot else None
         status = "promoted" if decision.promote else "rejected"
@@ -303,7 +287,30 @@ async def _cycle(cfg: LearningSettings, store: Any, trigger: str, model: ChatMod
             shutil.rmtree(staging, ignore_errors=True)
 
 
-async def _fail(store: Any, run_id: int, summary: str, parent: str | None,
+def _job(cfg: LearningSettings, registry: Registry, model_path: str, reference: str | None,
+         run_dir: Path, staging: Path) -> TrainJob:
+    """The child's job: train on ``run_dir``'s files into ``staging``, compare with
+    ``reference`` (None = the base model) on the held-out set, the probes and the regression set."""
+    storage = cfg.storage.path
+    system = cfg.model.system_prompt
+    questions = tuple(load_regression())
+    ref_dir = str(registry.path(reference)) if reference else None
+    return TrainJob(
+        model_path=model_path, training=cfg.training, job_dir=str(run_dir / "job"),
+        train_file=str(run_dir / "train.jsonl"), eval_file=str(run_dir / "eval.jsonl"),
+        adapter_out=str(staging), system_prompt=system,
+        init_adapter=ref_dir if cfg.training.continue_from_active else None,
+        reference_adapter=ref_dir, reference_version=reference,
+        probes=tuple(ProbeFile(storage / "probes.json").load()),
+        regression=RegressionSet(
+            questions=questions,
+            key=regression_key(model_path, system, questions, REGRESSION_TOKENS),
+            cache=str(storage / "runs" / "regression-base.json"),
+            max_new_tokens=REGRESSION_TOKENS),
+        threads=training_threads(cfg))
+
+
+async def _fail(store: Store, run_id: int, summary: str, parent: str | None,
                 report: dict[str, Any]) -> None:
     try:
         await asyncio.shield(store.finish_run(run_id, "failed", parent=parent, summary=summary,

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from data.files import write_atomic
+from data.rows import TrainingConversation
+from data.store import Store
 from llm.base import ChatMessage
 from llm.prompt import build_messages
 from rag.base import Passage, format_context
@@ -37,10 +39,11 @@ TokenCounter = Callable[[Sequence[ChatMessage]], int]
 
 
 class ContentGuard(Protocol):
-    """The moderation check the bot applies before answering (``bot.moderation``): the same one
-    keeps flagged questions and answers out of training."""
+    """The moderation check the bot applies before answering: the same one keeps flagged
+    questions and answers out of training (``check`` returns why a text is refused, or None)."""
 
     def check(self, text: str) -> str | None: ...
+
 
 NON_ANSWERS = ("(no answer)",)
 ERROR_PREFIXES = ("Sorry, something went wrong", "⏳", "Training failed")
@@ -154,7 +157,8 @@ def _fit(messages: list[ChatMessage], count: TokenCounter, limit: int) -> tuple[
     return [system, *history, *tail], trimmed
 
 
-def build_examples(cfg: LearningSettings, conversations: list[dict[str, Any]], *, now: float,
+def build_examples(cfg: LearningSettings, conversations: Sequence[TrainingConversation], *,
+                   now: float,
                    count_tokens: TokenCounter | None = None, guard: ContentGuard | None = None
                    ) -> tuple[list[Example], DatasetReport]:
     """Apply the dataset policy to ``Store.training_conversations()`` output; ``guard`` (the
@@ -164,23 +168,23 @@ def build_examples(cfg: LearningSettings, conversations: list[dict[str, Any]], *
     report = DatasetReport()
     candidates: list[Example] = []
     for conv in conversations:
-        msgs = conv["messages"]
+        msgs = conv.messages
         for i, m in enumerate(msgs):
-            if m["role"] != "assistant":
+            if m.role != "assistant":
                 continue
             report.answers_seen += 1
-            correction = (m.get("correction") or "").strip()
-            fb = m.get("feedback")
+            correction = (m.correction or "").strip()
+            fb = m.feedback
             if correction:
                 kind, target = "correction", correction
             elif fb == 1:
-                kind, target = "good", m["text"]
+                kind, target = "good", m.text
             elif fb == -1:
                 report.dropped["thumbs_down"] += 1
                 continue
             elif t.include_unrated_after_hours > 0 and \
-                    now - float(m["created_at"]) >= t.include_unrated_after_hours * 3600:
-                kind, target = "unrated", m["text"]
+                    now - m.created_at >= t.include_unrated_after_hours * 3600:
+                kind, target = "unrated", m.text
             else:
                 report.dropped["unrated"] += 1
                 continue
@@ -195,19 +199,19 @@ def build_examples(cfg: LearningSettings, conversations: list[dict[str, Any]], *
                 report.dropped["too_long"] += 1
                 continue
             q = i - 1
-            if q < 0 or msgs[q]["role"] != "user" or not msgs[q]["text"].strip():
+            if q < 0 or msgs[q].role != "user" or not msgs[q].text.strip():
                 report.dropped["no_question"] += 1
                 continue
-            if guard is not None and (guard.check(msgs[q]["text"]) or guard.check(target)):
+            if guard is not None and (guard.check(msgs[q].text) or guard.check(target)):
                 report.dropped["moderated"] += 1
                 continue
-            history = [{"role": h["role"], "content": h["text"]}
+            history = [{"role": h.role, "content": h.text}
                        for h in msgs[max(0, q - cfg.chat.history_messages):q]]
             while history and history[0]["role"] != "user":
                 history.pop(0)
-            passages = _passages(m.get("sources") or [])
+            passages = _passages(m.sources)
             context = format_context(passages) if passages else None
-            messages = build_messages(cfg.model.system_prompt, context, history, msgs[q]["text"])
+            messages = build_messages(cfg.model.system_prompt, context, history, msgs[q].text)
             messages.append({"role": "assistant", "content": target})
             if cfg.privacy.scrub_pii:
                 scrubbed = []
@@ -221,8 +225,7 @@ def build_examples(cfg: LearningSettings, conversations: list[dict[str, Any]], *
                 report.dropped["too_long_tokens"] += 1
                 continue
             report.history_trimmed += int(trimmed)
-            candidates.append(Example(fitted, int(m["id"]), int(conv["id"]), kind,
-                                      float(m["created_at"])))
+            candidates.append(Example(fitted, m.id, conv.id, kind, m.created_at))
     kept = _dedupe(candidates, report)
     for ex in kept:
         report.kept[ex.kind] += 1
@@ -289,25 +292,12 @@ def split_examples(cfg: LearningSettings, examples: list[Example], seen: set[str
 
 
 def write_jsonl(path: Path, examples: Sequence[Example]) -> None:
-    """Write ``{"messages": [...]}`` lines atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for ex in examples:
-                fh.write(json.dumps(ex.record(), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write one ``{"messages": [...]}`` line per example, atomically."""
+    write_atomic(path, "".join(json.dumps(ex.record(), ensure_ascii=False) + "\n"
+                               for ex in examples))
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-async def load_seen(store: Any) -> set[str]:
+async def load_seen(store: Store) -> set[str]:
     raw = await store.kv_get(SEEN_KV_KEY)
     try:
         return set(json.loads(raw)) if raw else set()
@@ -315,18 +305,16 @@ async def load_seen(store: Any) -> set[str]:
         return set()
 
 
-async def mark_seen(store: Any, keys: Sequence[str]) -> None:
+async def mark_seen(store: Store, keys: Sequence[str]) -> None:
     seen = await load_seen(store)
     seen.update(keys)
     await store.kv_set(SEEN_KV_KEY, json.dumps(sorted(seen)))
 
 
-async def export_jsonl(cfg: LearningSettings, store: Any, out: Path, *, now: float | None = None,
+async def export_jsonl(cfg: LearningSettings, store: Store, out: Path, *, now: float | None = None,
                        count_tokens: TokenCounter | None = None, guard: ContentGuard | None = None
                        ) -> tuple[int, DatasetReport]:
     """``nightowl export``: every kept example as messages JSONL (scrubbed like training data)."""
-    import time
-
     convs = await store.training_conversations()
     examples, report = build_examples(cfg, convs, now=time.time() if now is None else now,
                                       count_tokens=count_tokens, guard=guard)

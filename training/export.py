@@ -1,4 +1,4 @@
-"""``nightowl export-model --merged DIR``: merge the active LoRA into 16-bit weights, verified.
+"""``nightowl export-model DIR [--gguf]``: merge the active LoRA into 16-bit weights, verified.
 
 Silent LoRA loss on merge is a known failure, so the merge is checked twice before the folder is
 published: (1) in float32 the merged model's logits must match the adapter model's (the error must
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from data.files import atomic_path
 from training.errors import TrainingError
 
 VERIFY_PROMPTS = [
@@ -24,7 +25,8 @@ VERIFY_PROMPTS = [
 ]
 GGUF_HELP = ("GGUF export is built in only for the embedded model (its source GGUF supplies the "
              "tokenizer metadata). For other models use llama.cpp's converter: "
-             "`python convert_hf_to_gguf.py DIR --outtype f16` on the folder written by --merged.")
+             "`python convert_hf_to_gguf.py DIR --outtype f16` on the folder that "
+             "`nightowl export-model DIR` writes.")
 
 
 def _logits(model: Any, batch: list[Any]) -> list[Any]:
@@ -139,10 +141,8 @@ def export_gguf(merged_dir: Path, out_file: Path, source_gguf: Path, *,
         if g is not None:
             by_gguf[g] = (hf_name, tensor)
     out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch)
-    try:
+    with atomic_path(out_file) as tmp:  # replaces out_file only once written and verified
+        writer = gguf.GGUFWriter(str(tmp), arch)
         for field in reader.fields.values():
             if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF.") \
                     or field.name in ("general.file_type", "general.quantization_version"):
@@ -174,10 +174,6 @@ def export_gguf(merged_dir: Path, out_file: Path, source_gguf: Path, *,
                 raise TrainingError("GGUF verification failed: the file agrees with the merged "
                                     f"model on only {report['gguf_top1_agreement']:.0%} of next "
                                     "tokens; nothing was written.")
-        os.replace(tmp, out_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     say(f"GGUF written to {out_file} (F16"
         + (f", next-token agreement {report['gguf_top1_agreement']:.1%} with the merged model)"
            if verify else ")"))
@@ -186,8 +182,6 @@ def export_gguf(merged_dir: Path, out_file: Path, source_gguf: Path, *,
 
 def _verify_gguf(merged_dir: Path, gguf_file: Path) -> float:
     """Load the GGUF back with transformers and compare next-token predictions."""
-    import shutil as _sh
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -196,7 +190,7 @@ def _verify_gguf(merged_dir: Path, gguf_file: Path) -> float:
     staging = Path(tempfile.mkdtemp(prefix=".gguf-check-", dir=gguf_file.parent))
     try:
         link = staging / "model.gguf"
-        os.link(gguf_file, link) if hasattr(os, "link") else _sh.copy(gguf_file, link)
+        os.link(gguf_file, link) if hasattr(os, "link") else shutil.copy(gguf_file, link)
         loaded = AutoModelForCausalLM.from_pretrained(staging, gguf_file="model.gguf",
                                                       dtype=torch.float32)
         agree = total = 0
@@ -207,4 +201,4 @@ def _verify_gguf(merged_dir: Path, gguf_file: Path) -> float:
             total += a.shape[0]
         return agree / max(total, 1)
     finally:
-        _sh.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)

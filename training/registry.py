@@ -1,9 +1,10 @@
 """The adapter registry: ``<storage>/adapters/vNNNN/`` + ``meta.json`` and an atomic ACTIVE pointer.
 
 A version folder appears only complete (staged under ``.staging-*`` and renamed into place). The
-``ACTIVE`` file holds the active version (absent or ``base`` = no adapter) and is replaced
-atomically (write a temp file, fsync, ``os.replace``). Retention keeps the newest N versions and
-never deletes the active one.
+``ACTIVE`` file holds the active version (absent or ``base`` = no adapter) and is replaced with
+``data.files.write_atomic``. Nothing is activated that ``llm.adapters.validate_adapter_dir`` (the
+check every backend runs before loading) refuses. Retention keeps the newest N versions and never
+deletes the active one.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data.files import fsync_dir, write_atomic
+from llm.adapters import validate_adapter_dir
+from llm.base import BASE
 from llm.errors import AdapterError
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
-ADAPTER_FILES = ("adapter_config.json",)
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-BASE = "base"
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,8 @@ class AdapterInfo:
         return str(self.meta.get("status", "unknown"))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _meta_json(meta: dict[str, Any]) -> str:
+    return json.dumps(meta, indent=1, ensure_ascii=False, default=str)
 
 
 class Registry:
@@ -90,19 +81,11 @@ class Registry:
         if not path.is_dir():
             raise AdapterError(f"adapter {version} does not exist ({path} is missing); see "
                                "`nightowl adapters` for the versions on disk.")
-        missing = [f for f in ADAPTER_FILES if not (path / f).is_file()]
-        if not any((path / f).is_file() and (path / f).stat().st_size > 0 for f in WEIGHT_FILES):
-            missing.append(WEIGHT_FILES[0])
-        if missing:
-            raise AdapterError(f"adapter {version} is incomplete or corrupt ({', '.join(missing)} "
-                               f"missing in {path}); choose another version.")
         try:
-            cfg = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-            if not isinstance(cfg, dict):
-                raise ValueError("not an object")
-        except (OSError, ValueError) as exc:
-            raise AdapterError(f"adapter {version} is corrupt (adapter_config.json: {exc}); "
-                               "choose another version.") from exc
+            validate_adapter_dir(path)
+        except AdapterError as exc:
+            raise AdapterError(f"adapter {version} is incomplete or corrupt: {exc} Choose "
+                               "another version.") from exc
         return path
 
     # ---- writing ---------------------------------------------------------------------------
@@ -114,15 +97,14 @@ class Registry:
         """Move a staged adapter folder into the next version with its meta.json; return it."""
         version = self.next_version()
         meta = {**meta, "version": version, "created_at": meta.get("created_at", time.time())}
-        _atomic_write(staged / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False,
-                                                       default=str))
-        os.replace(staged, self.path(version))
+        write_atomic(staged / "meta.json", _meta_json(meta))
+        os.replace(staged, self.path(version))  # a folder appears complete, or not at all
+        fsync_dir(self.root)
         return version
 
     def update_meta(self, version: str, **changes: Any) -> None:
         meta = {**self.meta(version), **changes}
-        _atomic_write(self.path(version) / "meta.json",
-                      json.dumps(meta, indent=1, ensure_ascii=False, default=str))
+        write_atomic(self.path(version) / "meta.json", _meta_json(meta))
 
     def clean_staging(self) -> None:
         if self.root.is_dir():
@@ -141,7 +123,7 @@ class Registry:
         """Point ACTIVE at ``version`` (validated) or at the base model; atomic."""
         if version is not None:
             self.validate(version)
-        _atomic_write(self.pointer, (version or BASE) + "\n")
+        write_atomic(self.pointer, (version or BASE) + "\n")
 
     def previous(self, before: str | None) -> str | None:
         """The newest promoted version older than ``before`` (None = base)."""

@@ -21,6 +21,7 @@ from typing import Any
 
 from training.config import LearningSettings
 from training.errors import TrainingError
+from training.service import LearningService, RetrainOutcome
 
 log = logging.getLogger("nightowl.training")
 
@@ -67,8 +68,8 @@ def previous_fire_time(trigger: Any, now: dt.datetime, horizon_s: float) -> dt.d
 class NightlyScheduler:
     """``async with NightlyScheduler(cfg, service, notify=core.notify_admins):`` in ``run``."""
 
-    def __init__(self, cfg: LearningSettings, service: Any, *, notify: Notify | None = None,
-                 misfire_grace_s: int = 3600) -> None:
+    def __init__(self, cfg: LearningSettings, service: LearningService, *,
+                 notify: Notify | None = None, misfire_grace_s: int = 3600) -> None:
         self.cfg = cfg
         self.service = service
         self.notify = notify
@@ -76,7 +77,8 @@ class NightlyScheduler:
         self.scheduler: Any = None
         self.runs = 0
         self.skipped = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # the run started on entry to make up for one missed while the bot was down, if any
+        self.catch_up: asyncio.Task[Any] | None = None
 
     @property
     def next_run_time(self) -> dt.datetime | None:
@@ -110,21 +112,18 @@ class NightlyScheduler:
         last = dt.datetime.fromtimestamp(float(raw), dt.UTC) if raw else None
         if last is None or last < missed:
             log.info("catching up the scheduled training run missed at %s", missed)
-            task = asyncio.create_task(self.fire())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.catch_up = asyncio.create_task(self.fire())
 
     async def __aexit__(self, *exc: object) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
+        if self.catch_up is not None:
+            self.catch_up.cancel()  # a no-op once it finished
             with contextlib.suppress(BaseException):
-                await task
+                await self.catch_up
 
-    async def fire(self) -> Any:
+    async def fire(self) -> RetrainOutcome | None:
         """One scheduled run (also what the cron job calls). Skips if training is running."""
         if self.service.running:
             self.skipped += 1

@@ -127,7 +127,3 @@ def scrub(text: str) -> ScrubResult:
         return "[phone]"
     text = _PHONE.sub(phone, text)
     return ScrubResult(text, counts)
-
-
-def scrub_text(text: str) -> str:
-    return scrub(text).text

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.store import Store
 from llm.base import ChatModel
 from llm.errors import AdapterError
 from training.config import LearningSettings
 from training.cycle import CycleResult, run_cycle
 from training.dataset import ContentGuard
 from training.errors import LOOP_ERRORS
-from training.evaluate import ProbeFile
+from training.probes import ProbeFile
 from training.registry import Registry
 
 log = logging.getLogger("nightowl.training")
@@ -36,7 +37,7 @@ class RetrainOutcome:
 
 
 class LearningService:
-    def __init__(self, cfg: LearningSettings, store: Any, model: ChatModel | None,
+    def __init__(self, cfg: LearningSettings, store: Store, model: ChatModel | None,
                  say: Callable[[str], Any] | None = None,
                  guard: ContentGuard | None = None) -> None:
         self.cfg = cfg
@@ -121,7 +122,7 @@ class LearningService:
 
     async def purge_texts(self, texts: list[str]) -> int:
         """/forget: drop a user's lines from dataset files on disk (runs and exports)."""
-        from training.privacy import purge_dataset_lines
+        from training.forget import purge_dataset_lines
 
         root = self.cfg.storage.path
         removed = 0

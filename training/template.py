@@ -79,11 +79,3 @@ def training_template(tokenizer: Any) -> str:
             "family, so assistant-only loss cannot be computed. Use a ChatML/Qwen/Llama-3 style "
             f"instruct model ({exc}).") from exc
     return patched or stock
-
-
-def assistant_mask(tokenizer: Any, messages: list[dict[str, str]], template: str) -> tuple[
-        list[int], list[int]]:
-    """Token ids and the 0/1 assistant mask trl computes for ``messages``."""
-    out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True,
-                                        return_dict=True, return_assistant_tokens_mask=True)
-    return list(out["input_ids"]), list(out["assistant_masks"])

@@ -17,7 +17,7 @@ import pytest
 
 from bot.config import Config
 from bot.core import Core
-from bot.discord_bot import DiscordBot
+from bot.discord.client import DiscordBot
 from data.store import Store
 from llm.fake import FakeChatModel
 from rag.base import IngestResult, Passage
@@ -80,7 +80,7 @@ class DiscordEnv:
         defaults = {"admins": [int(self.root["id"])],
                     "admin_role_ids": [int(self.admin_role)]}
         cfg = self.cfg.replace(**{f"discord__{k}": v for k, v in {**defaults, **discord}.items()})
-        bot = DiscordBot(cfg, self.core, self.fake.valid_token)
+        bot = DiscordBot(cfg.discord, self.core, self.fake.valid_token)
         await bot.__aenter__()
         self.bots.append(bot)
         return bot

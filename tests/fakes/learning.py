@@ -1,10 +1,14 @@
-"""FakeLearning: implements core.Learning without training, for core and platform tests."""
+"""FakeLearning: implements bot.core.Learning without training, for core and platform tests.
+
+It returns the real service's types (``RetrainOutcome``), but its texts are its own: a test that
+checks what an admin reads uses the real ``training.service.LearningService``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from bot.messages import CommandResult
+from training.service import RetrainOutcome
 
 
 class FakeLearning:
@@ -21,7 +25,7 @@ class FakeLearning:
     def running(self) -> bool:
         return self._running
 
-    async def retrain(self, trigger: str = "manual") -> CommandResult:
+    async def retrain(self, trigger: str = "manual") -> RetrainOutcome:
         self._running = True
         try:
             await asyncio.sleep(self.delay_s)
@@ -29,8 +33,8 @@ class FakeLearning:
             version = f"v{len(self.versions) + 1:04d}"
             self.versions.append(version)
             parent, self.active = self.active, version
-            return CommandResult(f"Training run ({trigger}): promoted {version} "
-                                 f"(parent {parent or 'base'}).")
+            return RetrainOutcome(f"Training run ({trigger}): promoted {version} "
+                                  f"(parent {parent or 'base'}).")
         finally:
             self._running = False
 

@@ -1,11 +1,26 @@
-"""Seed a real Store with rated conversations for training tests."""
+"""Seed a real Store with rated conversations, and write adapter folders, for training tests."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from data.store import Store
+
+
+def write_adapter_files(folder: Path) -> Path:
+    """What ``PeftModel.save_pretrained`` writes, at its smallest: a LoRA config and a safetensors
+    file holding one LoRA tensor (enough for ``llm.adapters.validate_adapter_dir``)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    save_file({"base_model.model.layers.0.self_attn.q_proj.lora_A.weight":
+               np.zeros((8, 4), dtype=np.float32)}, str(folder / "adapter_model.safetensors"))
+    return folder
 
 
 async def seed_chat(store: Store, turns: list[tuple[str, str]], *, user: str = "u1",

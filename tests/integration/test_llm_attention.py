@@ -1,8 +1,8 @@
 """The engine's attention kernel gives transformers' SDPA results on left-padded batches.
 
 Real SmolLM2 weights in float32: a padded two-row prefill and three decode steps (with the
-engine's K/V layer that keeps spare capacity) through ``llm.attention``, against the same model
-loaded with ``attn_implementation="sdpa"`` and a plain DynamicCache.
+engine's K/V layer that keeps spare capacity) through ``llm.local.attention``, against the same
+model loaded with ``attn_implementation="sdpa"`` and a plain DynamicCache.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _load(path: Path, attn: str) -> Any:
 def _run(model: Any, grow: bool, rows: int = 2) -> list[Any]:
     from transformers import DynamicCache
 
-    from llm.local import _grow_layer_class
+    from llm.local.batch import grow_layer_class
 
     torch.manual_seed(0)
     long, short = torch.randint(100, 5000, (7,)), torch.randint(100, 5000, (4,))
@@ -42,7 +42,7 @@ def _run(model: Any, grow: bool, rows: int = 2) -> list[Any]:
         cache = out.past_key_values
         if grow:
             for layer in cache.layers:
-                layer.__class__ = _grow_layer_class()
+                layer.__class__ = grow_layer_class()
         outs.append(out.logits[:, -1])
         last = pos[:, -1:]
         for _ in range(3):
@@ -58,7 +58,7 @@ def _run(model: Any, grow: bool, rows: int = 2) -> list[Any]:
 @pytest.mark.parametrize("rows", [2, 1])
 def test_kernel_matches_sdpa_on_padded_prefill_and_decode(embedded_model_dir: Path,
                                                          rows: int) -> None:
-    from llm.attention import register
+    from llm.local.attention import register
 
     ours = _run(_load(embedded_model_dir, register()), grow=True, rows=rows)
     ref = _run(_load(embedded_model_dir, "sdpa"), grow=False, rows=rows)
@@ -74,7 +74,7 @@ def test_packed_prompts_attend_only_within_themselves(embedded_model_dir: Path) 
     K/V as transformers' SDPA computes them for that prompt alone."""
     from transformers import DynamicCache
 
-    from llm.attention import register
+    from llm.local.attention import register
 
     ours, ref = _load(embedded_model_dir, register()), _load(embedded_model_dir, "sdpa")
     torch.manual_seed(1)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from llm.base import BASE, GenParams, StreamInfo
 from llm.config import ModelConfig
 from llm.errors import AdapterError, BusyError, ModelError
 from llm.local import LocalChatModel
+from llm.local.loading import Loaded
 from llm.prompt import build_messages, fit_messages
 from tests.conftest import TEST_CACHE
 
@@ -91,31 +94,35 @@ async def test_concurrent_greedy_matches_alone(model: LocalChatModel) -> None:
     assert "\n" not in together[2][0]  # stop string honoured
     # the engine (prefill + batched decode kernel + own sampler) matches transformers' generate
     import torch
-
-    q, p = cases[0]
-    ids = model._tok.apply_chat_template(ask(q), add_generation_prompt=True,
-                                         return_dict=True, return_tensors="pt")
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    start = ids["input_ids"].shape[1]
+    q, p = cases[0]
 
-    class GeneratedOnlyPenalty(LogitsProcessor):
-        """HF's repetition penalty restricted to generated tokens (NightOwl's semantics)."""
+    def reference(loaded: Loaded) -> str:  # on the model's own thread, like the engine's work
+        tok = loaded.tokenizer
+        ids = tok.apply_chat_template(ask(q), add_generation_prompt=True, return_dict=True,
+                                      return_tensors="pt")
+        start = ids["input_ids"].shape[1]
 
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            gen = input_ids[:, start:]
-            if gen.shape[1] == 0:
-                return scores
-            picked = torch.gather(scores, 1, gen)
-            picked = torch.where(picked < 0, picked * p.repetition_penalty,
-                                 picked / p.repetition_penalty)
-            return scores.scatter(1, gen, picked)
+        class GeneratedOnlyPenalty(LogitsProcessor):
+            """HF's repetition penalty restricted to generated tokens (NightOwl's semantics)."""
 
-    with torch.inference_mode():
-        ref = model._model.generate(**ids, max_new_tokens=p.max_new_tokens, do_sample=False,
-                                    logits_processor=LogitsProcessorList(
-                                        [GeneratedOnlyPenalty()]))
-    assert model._tok.decode(ref[0, start:], skip_special_tokens=True) == alone[0][0]
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+                gen = input_ids[:, start:]
+                if gen.shape[1] == 0:
+                    return scores
+                picked = torch.gather(scores, 1, gen)
+                picked = torch.where(picked < 0, picked * p.repetition_penalty,
+                                     picked / p.repetition_penalty)
+                return scores.scatter(1, gen, picked)
+
+        with torch.inference_mode():
+            ref = loaded.model.generate(**ids, max_new_tokens=p.max_new_tokens, do_sample=False,
+                                        logits_processor=LogitsProcessorList(
+                                            [GeneratedOnlyPenalty()]))
+        return str(tok.decode(ref[0, start:], skip_special_tokens=True))
+
+    assert await model.run_on_worker(reference) == alone[0][0]
     assert model.stats()["running"] == 0
 
 
@@ -125,21 +132,26 @@ def tight(embedded_model_dir: Path) -> Iterator[LocalChatModel]:
 
 
 async def test_model_that_cannot_pack_prompts_prefills_them_one_by_one(
-        model: LocalChatModel, monkeypatch: pytest.MonkeyPatch) -> None:
+        model: LocalChatModel, embedded_model_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """If the packed segments never reach the attention kernel (an architecture that does not
-    pass them on), the engine notices and prefills each prompt alone: same answers."""
+    pass them on), the engine notices and prefills each prompt alone: same answers. On a model
+    of its own: the fallback lasts for the life of the engine."""
     cases = [("What is the capital of France?", 6), ("Name three colors.", 9),
              ("Write a haiku about owls.", 7)]
     params = [GenParams(max_new_tokens=n, temperature=0) for _, n in cases]
     alone = [(await run(model, q, p))[0] for (q, _), p in zip(cases, params, strict=True)]
-    monkeypatch.setattr("llm.local.PACKED_MARK", "a_mark_the_kernel_never_sees")
+    gen = make_model(embedded_model_dir, max_batch_size=4, max_queue=8, context_length=512)
+    fresh = next(gen)
     try:
-        together = await asyncio.gather(*(run(model, q, p)
+        assert fresh.packs_prompts
+        monkeypatch.setattr("llm.local.prefill.PACKED_MARK", "a_mark_the_kernel_never_sees")
+        together = await asyncio.gather(*(run(fresh, q, p)
                                           for (q, _), p in zip(cases, params, strict=True)))
-        assert model._packing is False  # a pack was tried, seen to fail, and given up
+        assert fresh.packs_prompts is False  # a pack was tried, seen to fail, and given up
         assert [t for t, _ in together] == alone
     finally:
-        model._packing = True
+        await fresh.aclose()
 
 
 async def test_ignore_eos_runs_answers_to_their_full_length(model: LocalChatModel) -> None:
@@ -152,36 +164,69 @@ async def test_ignore_eos_runs_answers_to_their_full_length(model: LocalChatMode
     assert fixed.startswith(natural)
 
 
+@dataclass
+class InLine(StreamInfo):
+    """A StreamInfo that also says when its request is in line: ``stream`` sets
+    ``queue_position`` as soon as it has queued the request."""
+
+    def __post_init__(self) -> None:
+        self.queued = asyncio.Event()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name == "queue_position" and "queued" in self.__dict__:
+            self.queued.set()
+
+
 async def test_queue_full_and_cancellation_free_the_slot(tight: LocalChatModel) -> None:
-    long = GenParams(max_new_tokens=400, temperature=0.0)
-    first_delta = asyncio.Event()
+    long = GenParams(max_new_tokens=400, temperature=0.0, ignore_eos=True)  # 400 tokens, always
+    long_info = StreamInfo()
+    marks: list[tuple[float, int]] = []  # (arrival, completion tokens) of each long delta
+    started, paced = asyncio.Event(), asyncio.Event()
 
-    async def consume(params: GenParams, signal: asyncio.Event | None = None) -> str:
-        text = ""
-        async for d in tight.stream(ask("Tell me a long story about a fox."), params):
-            text += d
-            if signal is not None:
-                signal.set()
-        return text
+    async def consume(params: GenParams, info: StreamInfo | None = None) -> str:
+        return "".join([d async for d in tight.stream(ask("Tell me a long story about a fox."),
+                                                      params, info=info)])
 
-    running = asyncio.create_task(consume(long, first_delta))
-    await first_delta.wait()  # the long request occupies the only batch slot
-    waiting = asyncio.create_task(consume(GenParams(max_new_tokens=2, temperature=0)))
-    await asyncio.sleep(0.05)
-    assert tight.stats()["queue"] == 1
+    async def long_answer() -> None:
+        async for _ in tight.stream(ask("Tell me a long story about a fox."), long,
+                                    info=long_info):
+            marks.append((time.perf_counter(), long_info.completion_tokens))
+            started.set()
+            if long_info.completion_tokens >= 16:
+                paced.set()
+
+    running = asyncio.create_task(long_answer())
+    await started.wait()  # the long request occupies the only batch slot
+    line = InLine()
+    waiting = asyncio.create_task(consume(GenParams(max_new_tokens=2, temperature=0), line))
+    await line.queued.wait()
+    assert line.queue_position == 1 and tight.stats()["queue"] == 1  # behind a full batch
     with pytest.raises(BusyError, match="number 2 in line") as exc:
         await consume(GenParams(max_new_tokens=2))
-    assert exc.value.position == 2
+    assert exc.value.position == 2  # the waiting request is still in line: the slot is taken
     waiting.cancel()  # cancelling a queued request frees its place at once
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert tight.stats()["queue"] == 0
-    after = asyncio.create_task(consume(GenParams(max_new_tokens=3, temperature=0)))
-    await asyncio.sleep(0.05)
+
+    await paced.wait()  # the long answer's own pace, measured in this run
+    line = InLine()
+    after = asyncio.create_task(consume(GenParams(max_new_tokens=3, temperature=0), line))
+    await line.queued.wait()  # in line behind the long answer
+    (t0, n0), (t1, n1) = marks[0], marks[-1]
+    per_token = (t1 - t0) / (n1 - n0)
+    cancelled_at = time.perf_counter()
     running.cancel()  # cancelling the running one frees the batch slot for the next
     with pytest.raises(asyncio.CancelledError):
         await running
-    assert (await after)  # would take 400 tokens' time if the slot were not freed
+    assert await after
+    waited = time.perf_counter() - cancelled_at
+    left = long.max_new_tokens - long_info.completion_tokens
+    assert long_info.finish_reason == "" and left > 300  # the long answer never finished
+    # had the slot stayed taken, ``after`` would have waited for the long answer's last ~300
+    # tokens; it took a prefill and 3 decode steps instead
+    assert waited < left * per_token / 4, (waited, left, per_token)
     assert tight.stats()["running"] == 0
 
 
@@ -202,7 +247,9 @@ async def test_context_fitting_with_real_tokenizer(model: LocalChatModel) -> Non
     info = StreamInfo()
     text = "".join([d async for d in model.stream(fitted.messages, GenParams(
         max_new_tokens=2, temperature=0), info=info)])
-    assert info.prompt_tokens <= 300 and info.completion_tokens >= 1 and text is not None
+    # the engine answered exactly the fitted prompt (its own count, not cut by its safety net)
+    assert info.prompt_tokens == model.count_tokens(fitted.messages) <= 300
+    assert text.strip() and info.completion_tokens == 2 and info.finish_reason == "length"
 
 
 async def test_prompt_longer_than_context_is_cut_not_failed(model: LocalChatModel) -> None:

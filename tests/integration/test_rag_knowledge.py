@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli.kb import cmd_ingest, cmd_kb_list, cmd_kb_reindex, cmd_kb_remove
 from bot.config import Config
 from data.store import Store
 from rag.base import citations, format_context
-from rag.cli import cmd_ingest, cmd_kb_list, cmd_kb_reindex, cmd_kb_remove
 from rag.fake import HashEmbedder
 from rag.knowledge import Knowledge, ensure_sample, open_knowledge
 from tests.fakes.documents import blank_pdf, docx_bytes, text_pdf
@@ -111,8 +111,8 @@ async def test_bad_files_do_not_stop_the_batch(cfg: Config, store: Store, tmp_pa
     assert got["g-good.md"][0] == "added"
     assert got["missing.md"] == ("skipped", "not found")
     assert ".hidden.md" not in got
-    assert {Path(r["source"]).name for r in await store.kb_sources()} == {"c-latin1.txt",
-                                                                         "g-good.md"}
+    assert {Path(r.source).name for r in await store.kb_sources()} == {"c-latin1.txt",
+                                                                      "g-good.md"}
     latin = await kb.search("válvula trocada manutenção")
     assert latin and latin[0].source == "c-latin1.txt" and "válvula" in latin[0].text
 
@@ -201,7 +201,6 @@ async def test_uploads_odd_names_and_forget(kb: Knowledge, cfg: Config, tmp_path
                                   by="telegram:42")).status == "unchanged"
     bad = await kb.ingest_bytes("photo.txt", bytes(range(256)) * 4, by="telegram:42")
     assert bad.status == "skipped" and bad.reason == "binary file, not text"
-    assert (await kb.ingest_path("/etc/hostname", by="telegram:1")).reason.startswith("refused")
     await kb.ingest_bytes("other.md", b"# Other\n\nSomeone else's note.\n", by="discord:7")
     assert await kb.search("Who keeps the vault code?")
     assert await kb.remove_by_uploader("telegram:42") == ["pass wd_.md"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from safetensors.torch import load_file
@@ -16,11 +18,10 @@ from llm.fake import FakeChatModel
 from tests.fakes.training_data import FACT_QA, seed_chat
 from training import cycle as cycle_mod
 from training.cycle import run_cycle
-from training.evaluate import ProbeFile
 from training.export import export_gguf, export_merged
+from training.probes import ProbeFile
 from training.registry import Registry
 from training.service import LearningService
-from training.worker import FAULT_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -116,18 +117,28 @@ async def test_poisoned_run_is_rejected_by_the_probes(tcfg: Config, store: Store
 async def test_killed_training_child_marks_run_failed(tcfg: Config, store: Store,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     await _seed_fact(store)
-    monkeypatch.setenv(FAULT_ENV, "kill")  # the child SIGKILLs itself after its first step
+    children: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def spawn_and_keep(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        children.append(await spawn(*args, **kwargs))
+        return children[-1]
+
+    def say(line: str) -> None:  # SIGKILL the child (like the OOM killer) after its first step
+        if line.startswith("[train] step") and children[0].returncode is None:
+            children[0].kill()
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn_and_keep)
     model = FakeChatModel()
-    result = await run_cycle(tcfg, store, model=model, say=lambda s: None)
+    result = await run_cycle(tcfg, store, model=model, say=say)
+    assert len(children) == 1 and children[0].returncode == -9
     assert result.status == "failed"
-    assert "SIGKILL" in result.summary
+    assert "SIGKILL" in result.summary and "out of memory?" in result.summary
     runs = await store.runs()
     assert runs[0].status == "failed" and runs[0].finished_at is not None
     reg = Registry(tcfg.storage.path)
     assert reg.versions() == [] and reg.active() is None and model.active_adapter is None
     assert not list((tcfg.storage.path / "adapters").glob(".staging-*"))
     # serving side untouched; the examples are still new for the next run
-    monkeypatch.delenv(FAULT_ENV)
     assert await cycle_mod.load_seen(store) == set()
 
 

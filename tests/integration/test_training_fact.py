@@ -13,7 +13,7 @@ from data.store import Store
 from llm.base import GenParams
 from tests.fakes.training_data import seed_chat
 from training import cycle as cycle_mod
-from training.evaluate import ProbeFile
+from training.probes import ProbeFile
 from training.service import LearningService
 
 pytestmark = pytest.mark.slow

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from training.template import CHATML_TEMPLATE, assistant_mask, training_template
+from training.template import CHATML_TEMPLATE, training_template
 
 CONVS = [
     [{"role": "system", "content": "You are NightOwl.\n\nSources:\n[1] guide.md\nRetrain nightly."},
@@ -17,6 +18,14 @@ CONVS = [
     [{"role": "user", "content": "Olá, tudo bem? 😀"},
      {"role": "assistant", "content": "Tudo ótimo!"}],
 ]
+
+
+def assistant_mask(tokenizer: Any, messages: list[dict[str, str]], template: str) -> tuple[
+        list[int], list[int]]:
+    """Token ids and the 0/1 assistant mask trl computes for ``messages``."""
+    out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True,
+                                        return_dict=True, return_assistant_tokens_mask=True)
+    return list(out["input_ids"]), list(out["assistant_masks"])
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +83,13 @@ def test_sparse_head_loss_equals_trl_loss(embedded_model_dir: Path, tmp_path: Pa
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from bot.config import Config
-    from training.trainer import job_training
-    from training.worker import load_model, sft_config, sparse_head_trainer
+    from training.config import TrainingConfig
+    from training.job import TrainJob
+    from training.sft_trainer import load_model, sft_config, sparse_head_trainer
 
-    job = {"model_path": str(embedded_model_dir), "job_dir": str(tmp_path),
-           "training": job_training(Config().replace(training__max_steps=1))}
+    job = TrainJob(model_path=str(embedded_model_dir), training=TrainingConfig(max_steps=1),
+                   job_dir=str(tmp_path), train_file=str(tmp_path / "train.jsonl"),
+                   adapter_out=str(tmp_path / "adapter"))
     model, tok, backend = load_model(job)
     tok.chat_template = CHATML_TEMPLATE
     data = Dataset.from_list([{"messages": c} for c in CONVS])

@@ -8,9 +8,9 @@ from typing import Any
 import discord
 import pytest
 
-from bot.discord_bot import SORRY, DiscordBot
-from bot.errors import ConfigError
-from bot.messages import CommandResult, Incoming
+from bot.core import CommandResult, ConfigError, Incoming
+from bot.discord.client import DiscordBot
+from bot.discord.commands import SORRY
 from tests.fakes import discord_payloads as P
 from tests.fakes.discord_harness import DiscordEnv, discord_env
 
@@ -87,7 +87,7 @@ async def test_forget_with_confirm_button_and_stale_feedback(discord_env: Discor
 
     other = await fake.press(env.bob, prompt, f"nightowl:forget:{uid}:yes")
     (refusal,) = await fake.wait_for(done(fake, other))
-    assert "someone else's" in refusal.content
+    assert "someone else's" in refusal["content"]
     assert await store.get_user("discord", uid) is not None
 
     press = await fake.press(env.alice, prompt, f"nightowl:forget:{uid}:yes")
@@ -290,10 +290,10 @@ async def test_late_acknowledgement_is_rejected_by_the_fake(discord_env: Discord
 async def test_startup_errors_are_clear(discord_env: DiscordEnv) -> None:
     env, fake = discord_env, discord_env.fake
     with pytest.raises(ConfigError, match="DISCORD_BOT_TOKEN"):
-        async with DiscordBot(env.cfg, env.core, "wrong-token"):
+        async with DiscordBot(env.cfg.discord, env.core, "wrong-token"):
             pass
     fake.reject_privileged = True
     cfg = env.cfg.replace(discord__message_content=True)
     with pytest.raises(ConfigError, match="Message Content Intent"):
-        async with DiscordBot(cfg, env.core, fake.valid_token):
+        async with DiscordBot(cfg.discord, env.core, fake.valid_token):
             pass

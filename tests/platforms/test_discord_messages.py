@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from bot.discord_bot import CONTENT_HINT, MENTION_HELP, SORRY
-from bot.messages import Incoming, Renderer, Reply
+from bot.core import Incoming, Renderer, Reply
+from bot.discord.commands import SORRY
+from bot.discord.messages import CONTENT_HINT, MENTION_HELP
 from tests.fakes import discord_payloads as P
 from tests.fakes.discord_harness import DiscordEnv, discord_env
 

@@ -16,41 +16,42 @@ from telegram import Update
 
 from bot.config import Config
 from bot.core import Core
-from bot.telegram import DOC_HINT, ERROR_REPLY, MEDIA_REPLY, TelegramBot
-from bot.telegram_format import utf16_len
+from bot.core.text import utf16_len
+from bot.telegram.adapter import TelegramBot
+from bot.telegram.handlers import DOC_HINT, ERROR_REPLY, MEDIA_REPLY
 from data.config import StorageConfig
 from data.store import Store
 from llm.base import ChatMessage
 from llm.fake import FakeChatModel
 from rag.base import IngestResult, Passage
 from rag.fake import FakeRetriever
+from rag.knowledge import Knowledge, open_knowledge
 from tests.fakes.learning import FakeLearning
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI, Sent
+from tests.fakes.training_data import write_adapter_files
+from training.registry import Registry
+from training.service import LearningService
 
 ADMIN, USER, OTHER = 4242, 1111, 2222
 INTERVAL = 0.25
 
 
 class FakeKB:
-    """A knowledge base double: FakeRetriever search plus recorded ingest_bytes calls."""
+    """Retrieval from one passage; uploads go to the real knowledge base (``real_kb=True``)."""
 
     def __init__(self) -> None:
         self.retriever = FakeRetriever([Passage(
             "NightOwl retrains every night at three using LoRA adapters.", "guide.md",
             "Retraining", 0.9, "guide-1")])
-        self.ingested: list[tuple[str, bytes, str]] = []
 
     async def search(self, query: str, k: int | None = None) -> list[Passage]:
         return await self.retriever.search(query, k)
 
     async def ingest_bytes(self, name: str, data: bytes, *, by: str) -> IngestResult:
-        self.ingested.append((name, data, by))
-        if not name.endswith((".md", ".txt")):
-            return IngestResult(name, "skipped", reason="unsupported file type")
-        return IngestResult(name, "added", chunks=2)
+        raise AssertionError("a test that ingests uses the real knowledge base (real_kb=True)")
 
     async def count(self) -> int:
-        return len(self.ingested)
+        return len(self.retriever.passages)
 
 
 @dataclass
@@ -59,8 +60,8 @@ class Env:
     store: Store
     core: Core
     model: FakeChatModel
-    kb: FakeKB
-    learning: FakeLearning
+    kb: Any  # FakeKB, or the real Knowledge when a test asks for it
+    learning: Any  # FakeLearning, or the real LearningService when a test asks for it
     tg: TelegramBot
 
     async def send(self, update: dict[str, Any]) -> None:
@@ -83,16 +84,27 @@ def make_cfg(tmp_path: Path, fake: FakeTelegramAPI, **kw: Any) -> Config:
 
 @asynccontextmanager
 async def running(tmp_path: Path, fake: FakeTelegramAPI, *, model: FakeChatModel | None = None,
-                  polling: bool = False, **kw: Any) -> AsyncIterator[Env]:
+                  polling: bool = False, real_kb: bool = False, real_learning: bool = False,
+                  **kw: Any) -> AsyncIterator[Env]:
+    """The bot against the fake API; ``real_kb``/``real_learning`` put the real knowledge base
+    (hash embedder, Chroma) or the real LearningService behind the core instead of doubles."""
     cfg = make_cfg(tmp_path, fake, **kw)
-    kb, learning = FakeKB(), FakeLearning()
     model = model or FakeChatModel()
     async with Store(tmp_path / "nightowl.db") as store:
+        kb: Any = FakeKB()
+        if real_kb:
+            kb = await open_knowledge(cfg.replace(rag__embedding_model="fake",
+                                                  rag__sample_on_first_run=False), store)
+        learning: Any = LearningService(cfg, store, model) if real_learning else FakeLearning()
         core = Core(cfg, store, model, knowledge=kb, learning=learning)
-        async with TelegramBot(cfg, core, TOKEN, polling=polling) as tg:
-            yield Env(fake, store, core, model, kb, learning, tg)
-            fake.release()
-        await core.wait_background()
+        try:
+            async with TelegramBot(cfg.telegram, core, TOKEN, polling=polling) as tg:
+                yield Env(fake, store, core, model, kb, learning, tg)
+                fake.release()
+            await core.wait_background()
+        finally:
+            if isinstance(kb, Knowledge):
+                await kb.aclose()
 
 
 @pytest.fixture
@@ -327,13 +339,9 @@ async def test_admin_commands_for_admins_and_refusals_for_others(
         assert env.learning.retrains == 1
         dms = [m.text for m in fake.chat_messages(ADMIN)]
         assert any("promoted v0001" in t for t in dms)  # the admin notifier's DM
-        assert "v0001 (active)" in await run("/adapters")
-        assert "Nothing to roll back" in await run("/rollback")
-        assert "Unknown adapter v9" in await run("/rollback v9")
-        assert "Added probe #1" in await run("/probe add 2+2 => 4")
         assert (await run("/ingest")).startswith("Usage:")
         allowed = await env.db("SELECT COUNT(*) FROM audit WHERE allowed = 1")
-        assert allowed == [(7,)]
+        assert allowed == [(3,)]
 
         plot = tmp_path / "plot.png"
         plot.write_bytes(b"\x89PNG fake")
@@ -343,21 +351,60 @@ async def test_admin_commands_for_admins_and_refusals_for_others(
         assert photo.params["photo"]["bytes"] == plot.read_bytes()
 
 
+def register_adapter(reg: Registry) -> str:
+    """A registered adapter the real registry accepts (a LoRA tensor, not a trained one)."""
+    return reg.register(write_adapter_files(reg.staging_dir()),
+                        {"status": "promoted", "examples": 3})
+
+
+async def test_admin_learning_commands_speak_with_the_real_service(
+        tmp_path: Path, fake: FakeTelegramAPI) -> None:
+    async with running(tmp_path, fake, real_learning=True) as env:
+        admin = fake.user(ADMIN, "Ada")
+        chat = fake.private(admin)
+
+        async def run(text: str) -> str:
+            await env.send(fake.text(chat, admin, text))
+            return fake.last_message(ADMIN).text
+
+        assert await run("/adapters") == "No adapters trained yet."
+        assert (await run("/rollback")).startswith("Rollback refused: the base model is "
+                                                   "already active")
+        reg = Registry(env.core.cfg.storage.path)
+        v1, v2 = register_adapter(reg), register_adapter(reg)
+        reg.set_active(v2)
+        listed = await run("/adapters")
+        assert f"* {v2}" in listed and f"Active: {v2}" in listed
+        assert await run("/rollback") == f"Active adapter is now {v1} (was {v2})."
+        assert reg.active() == v1 and env.model.active_adapter == v1
+        refused = await run("/rollback v9")
+        assert refused.startswith("Rollback refused: 'v9' is not an adapter version")
+        assert refused.endswith(f"Kept {v1}.") and reg.active() == v1
+        assert await run("/probe add 2+2 => 4") == "Added probe #1: 2+2 => 4"
+        assert await run("/probe list") == "#1 2+2 => 4"
+        audit = await env.db("SELECT action, allowed FROM audit ORDER BY id")
+        assert audit == [(a, 1) for a in ("adapters", "rollback", "adapters", "rollback",
+                                          "rollback", "probe", "probe")]
+
+
 async def test_ingest_documents_through_get_file(tmp_path: Path, fake: FakeTelegramAPI) -> None:
-    async with running(tmp_path, fake) as env:
+    async with running(tmp_path, fake, real_kb=True) as env:
         admin, user = fake.user(ADMIN, "Ada"), fake.user(USER)
         achat, uchat = fake.private(admin), fake.private(user)
-        await env.send(fake.document(achat, admin, "notes.md", b"# Owls\nThey fly.",
+        await env.send(fake.document(achat, admin, "notes.md", b"# Owls\nThey fly at night.",
                                      caption="/ingest"))
-        assert fake.last_message(ADMIN).text == "added: notes.md (2 chunks)"
-        assert env.kb.ingested == [("notes.md", b"# Owls\nThey fly.", f"telegram:{ADMIN}")]
+        assert fake.last_message(ADMIN).text == "added: notes.md (1 chunks)"
+        (source,) = await env.kb.sources()
+        assert source.source.endswith("notes.md") and source.ingested_by == f"telegram:{ADMIN}"
+        assert [p.source for p in await env.kb.search("owls fly at night")] == ["notes.md"]
         assert len(fake.calls_of("getFile")) == 1
 
         doc = fake.document(achat, admin, "tool.exe", b"MZ\x00")
         await env.send(doc)
         assert fake.last_message(ADMIN).text == DOC_HINT  # no caption: explained, not ingested
         await env.send(fake.text(achat, admin, "/ingest", reply_to=doc["message"]))
-        assert fake.last_message(ADMIN).text == "skipped: tool.exe (unsupported file type)"
+        assert fake.last_message(ADMIN).text.startswith(
+            "skipped: tool.exe (unsupported file type .exe; supported: ")
 
         big = fake.document(achat, admin, "huge.txt", b"x", size=25 * 1024 * 1024,
                             caption="/ingest")
@@ -372,7 +419,7 @@ async def test_ingest_documents_through_get_file(tmp_path: Path, fake: FakeTeleg
 
         await env.send(fake.document(uchat, user, "mine.md", b"hi", caption="/ingest"))
         assert "for admins only" in fake.last_message(USER).text
-        assert len(fake.calls_of("getFile")) == 2 and len(env.kb.ingested) == 2
+        assert len(fake.calls_of("getFile")) == 2 and len(await env.kb.sources()) == 1
 
 
 async def test_media_without_text_gets_a_polite_reply(tmp_path: Path,

@@ -6,25 +6,25 @@ import random
 
 import pytest
 
-from bot.telegram_format import split_text, to_html, utf16_len, visible
-from bot.telegram_updates import split_command
+from bot.core.text import split_command, utf16_len
+from bot.telegram.format import split_message, to_html, visible
 from tests.fakes.telegram_api import ApiError, parse_html, parse_markdown_v2
 
 
 def test_split_prefers_paragraphs_then_sentences_then_words() -> None:
     para = "A" * 3000 + ".\n\n" + "B" * 3000 + "."
-    assert split_text(para) == ["A" * 3000 + ".", "B" * 3000 + "."]
+    assert split_message(para) == ["A" * 3000 + ".", "B" * 3000 + "."]
     sentences = " ".join(["This is a sentence."] * 400)  # ~7,600 chars, no newlines
-    parts = split_text(sentences)
+    parts = split_message(sentences)
     assert len(parts) == 2 and all(p.endswith(".") and utf16_len(p) <= 4096 for p in parts)
     words = " ".join(["word"] * 2000)
-    assert all(not p.startswith(" ") and utf16_len(p) <= 4096 for p in split_text(words))
-    assert "".join(split_text("x" * 9000)) == "x" * 9000  # no bound at all: hard cut
+    assert all(not p.startswith(" ") and utf16_len(p) <= 4096 for p in split_message(words))
+    assert "".join(split_message("x" * 9000)) == "x" * 9000  # no bound at all: hard cut
 
 
 def test_split_counts_utf16_units() -> None:
     text = "🦉" * 3000  # 6,000 UTF-16 units
-    parts = split_text(text)
+    parts = split_message(text)
     assert len(parts) == 2 and all(utf16_len(p) <= 4096 for p in parts)
     assert "".join(parts) == text
 
@@ -32,9 +32,9 @@ def test_split_counts_utf16_units() -> None:
 def test_split_is_stable_while_text_grows() -> None:
     rng = random.Random(3)
     text = " ".join(rng.choice(["owl.", "night", "tree\n\n", "moon!", "a"]) for _ in range(4000))
-    final = split_text(text)
+    final = split_message(text)
     for cut in range(4500, len(text), 997):
-        partial = split_text(text[:cut])
+        partial = split_message(text[:cut])
         assert partial[:-1] == final[:len(partial) - 1]
 
 

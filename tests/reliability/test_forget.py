@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 from bot.config import Config
-from bot.core import Core
-from bot.messages import Attachment, CollectingRenderer, Incoming
+from bot.core import Attachment, CollectingRenderer, Core, Incoming
 from data.store import Store
 from llm.fake import FakeChatModel
 from rag.knowledge import open_knowledge

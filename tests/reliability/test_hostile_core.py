@@ -9,8 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from bot.config import Config
-from bot.core import EMPTY_REPLY, Core
-from bot.messages import CollectingRenderer, Incoming
+from bot.core import EMPTY_REPLY, CollectingRenderer, Core, Incoming
 from data.store import Store
 from llm.base import ChatMessage
 from llm.fake import FakeChatModel
@@ -64,10 +63,6 @@ def core(cfg: Config, store: Store, monkeypatch: pytest.MonkeyPatch) -> Core:
                        "poison.md", "", 0.9, "poison#0")
     return Core(cfg, store, FakeChatModel(_evil_model_responder), FakeRetriever([poisoned], 1),
                 FakeLearning())
-
-
-def test_corpus_has_at_least_50_cases() -> None:
-    assert len(CORPUS) >= 50
 
 
 @pytest.mark.parametrize(("text", "outcome"), CORPUS, ids=[f"case{i}" for i in range(len(CORPUS))])

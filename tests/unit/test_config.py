@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import Config, load_config, parse_config
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

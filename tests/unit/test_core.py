@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from bot.config import Config
-from bot.core import EMPTY_REPLY, Core
-from bot.messages import CollectingRenderer, Incoming
+from bot.core import EMPTY_REPLY, CollectingRenderer, Core, Incoming
 from data.store import Store
 from llm.base import ChatMessage
 from llm.fake import FakeChatModel
@@ -47,8 +46,8 @@ async def test_answer_is_grounded_streamed_and_stored(core: Core, store: Store,
     system = model.calls[0]["messages"][0]["content"]
     assert "nightowl train" in system and "[1] guide.md › Retraining" in system
     conv = (await store.training_conversations())[0]
-    assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
-    assert conv["messages"][1]["sources"][0]["source"] == "guide.md"
+    assert [m.role for m in conv.messages] == ["user", "assistant"]
+    assert conv.messages[1].sources[0]["source"] == "guide.md"
     stored = await store.get_message(reply.answer_id or 0)
     assert stored is not None and stored.model == "fake" and stored.latency_s is not None
 
@@ -119,7 +118,7 @@ async def test_commands_feedback_correct_sources_new(core: Core, store: Store) -
     assert not usage.ok and "Usage" in usage.text
     await core.command(msg("/correct"), "correct", "Run nightowl train.")
     convs = await store.training_conversations()
-    assert convs[0]["messages"][1]["correction"] == "Run nightowl train."
+    assert convs[0].messages[1].correction == "Run nightowl train."
     src = await core.command(msg("/sources"), "sources")
     assert "guide.md › Retraining" in src.text and "nightowl train" in src.text
     await core.command(msg("/new"), "new")
@@ -146,7 +145,8 @@ async def test_optout_and_forget(core: Core, store: Store) -> None:
 async def test_admin_commands_checked_and_audited(core: Core, store: Store) -> None:
     refused = await core.command(msg("/retrain", user="eve"), "retrain")
     assert not refused.ok and "admins only" in refused.text
-    assert core.learning is not None and core.learning.running is False
+    await core.wait_background()  # a retrain started despite the refusal would finish here
+    assert isinstance(core.learning, FakeLearning) and core.learning.retrains == 0
     notes: list[str] = []
 
     async def notify(text: str, files: object) -> None:

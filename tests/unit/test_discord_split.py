@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from bot.discord_bot import SUPPORTED_SUFFIXES, attachment_problem
-from bot.discord_render import LIMIT, is_known_component, split_text
+from bot.discord.attachments import SUPPORTED_SUFFIXES, attachment_problem
+from bot.discord.buttons import is_known_component
+from bot.discord.format import LIMIT
+from bot.discord.format import split_message as split_text
 
 
 def test_short_text_is_one_chunk() -> None:
     assert split_text("  hello  ") == ["hello"]
-    assert split_text("") == [""]
+    assert split_text("") == [] and split_text(" \n ") == []  # nothing to send
 
 
 def test_split_prefers_paragraphs_then_sentences_then_spaces() -> None:

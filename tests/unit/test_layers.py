@@ -27,8 +27,8 @@ ALLOWED: dict[str, set[str]] = {
 PLATFORMS = ("bot.telegram", "bot.discord", "bot.terminal", "bot.console")
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -38,7 +38,7 @@ def product_modules(root: Path = ROOT) -> dict[str, Path]:
     out = {}
     for pkg in PACKAGES:
         for path in sorted((root / pkg).rglob("*.py")):
-            out[module_name(path)] = path
+            out[module_name(path, root)] = path
     return out
 
 

@@ -1,4 +1,4 @@
-"""llm.malloc.keep_freed_memory: freed tensor-sized blocks stay mapped for the next pass."""
+"""llm.local.malloc.keep_freed_memory: freed tensor-sized blocks stay mapped for the next pass."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ PROBE = textwrap.dedent("""
     import resource, sys
     sys.path.insert(0, {root!r})
     if {tuned}:
-        from llm.malloc import keep_freed_memory
+        from llm.local.malloc import keep_freed_memory
         assert keep_freed_memory()
     def cycle():
         blocks = [b"x" * (1 << 20) for _ in range(16)]
@@ -46,7 +46,7 @@ def test_freed_blocks_are_reused_without_new_page_faults() -> None:
 
 
 def test_without_glibc_it_reports_false(monkeypatch: pytest.MonkeyPatch) -> None:
-    from llm import malloc
+    from llm.local import malloc
 
     monkeypatch.setattr(malloc.sys, "platform", "darwin")
     assert malloc.keep_freed_memory() is False

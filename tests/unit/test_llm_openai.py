@@ -135,14 +135,14 @@ async def test_server_without_lora_endpoint(tmp_path: Path) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     remote = OpenAIChatModel(ModelConfig(backend="openai", name="x", timeout_s=2,
                                          base_url=f"http://127.0.0.1:{port}/v1"))
     try:
         with pytest.raises(AdapterError, match="cannot load LoRA adapters at runtime"):
             await remote.set_adapter(fake_adapter(tmp_path / "v1"), "v1")
         assert remote.active_adapter is None
-        with pytest.raises(ModelError, match=r"refused|failed|500"):  # retried, then reported
+        with pytest.raises(ModelError, match=r"refused the request \(500: "):  # retried, reported
             _ = [d async for d in remote.stream(MSGS)]
     finally:
         await remote.aclose()

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from bot.config import Config, parse_config
-from bot.errors import ConfigError
+from bot.core.errors import ConfigError
 from llm.adapters import validate_adapter_dir
-from llm.decode import IncrementalDecoder, StopChecker, sample_batch, sample_next
 from llm.errors import AdapterError
 from llm.factory import open_model
+from llm.local.detokenizer import IncrementalDecoder, StopChecker
+from llm.local.sampling import sample_batch, sample_next
 
 
 class ByteTokenizer:
@@ -105,7 +106,8 @@ async def test_factory_openai_backend(cfg: Config) -> None:
 
 
 def test_import_llm_stays_cheap() -> None:
-    code = ("import sys, llm, llm.factory, llm.base, llm.prompt, llm.decode, llm.adapters; "
+    code = ("import sys, llm, llm.factory, llm.base, llm.prompt, llm.adapters, llm.canary, "
+            "llm.local, llm.local.sampling, llm.local.detokenizer; "
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()

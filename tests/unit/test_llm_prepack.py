@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llm.prepack import packed_linear_class, prepack_linears  # noqa: E402
+from llm.local.prepack import packed_linear_class, prepack_linears  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
                                 reason="this torch build has no oneDNN")

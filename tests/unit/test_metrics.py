@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 
-from bot.metrics import Metrics
+from bot.core.metrics import Metrics
 
 
 def test_metrics_endpoint_serves_counters() -> None:

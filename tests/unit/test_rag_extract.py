@@ -11,8 +11,8 @@ import pytest
 from rag.chunking import Chunker, split_sections
 from rag.embedder import embedded_model_dir
 from rag.extract import Skip, extract
+from rag.ingest import safe_name
 from rag.keyword import KeywordIndex, tokenize
-from rag.knowledge import safe_name
 from tests.fakes.documents import blank_pdf, docx_bytes
 
 MB = 1024 * 1024

@@ -69,8 +69,11 @@ async def test_feedback_upserts_and_corrections(store: Store) -> None:
         await store.set_feedback(a, user.id, 5)
     await store.add_correction(a, user.id, "better")
     convs = await store.training_conversations()
-    assert convs[0]["messages"][1]["correction"] == "better"
-    assert convs[0]["messages"][1]["feedback"] == -1
+    assert [(c.id, c.user_id) for c in convs] == [(conv, user.id)]
+    question, answer = convs[0].messages
+    assert (question.id, question.role, question.text, question.feedback) == (q, "user", "q", None)
+    assert (answer.id, answer.role, answer.text) == (a, "assistant", "a")
+    assert answer.correction == "better" and answer.feedback == -1
 
 
 async def test_opt_out_excludes_from_training(store: Store) -> None:

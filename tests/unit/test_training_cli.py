@@ -7,18 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli.training import cmd_adapters, cmd_export, cmd_export_model, cmd_rollback
 from bot.config import Config
 from data.store import Store
-from tests.fakes.training_data import seed_chat
-from training.cli import cmd_adapters, cmd_export, cmd_export_model, cmd_rollback
+from tests.fakes.training_data import seed_chat, write_adapter_files
 from training.registry import Registry
 
 
 def _adapter(reg: Registry) -> str:
-    staged = reg.staging_dir()
-    (staged / "adapter_config.json").write_text("{}")
-    (staged / "adapter_model.safetensors").write_bytes(b"x")
-    return reg.register(staged, {"status": "promoted", "examples": 3})
+    return reg.register(write_adapter_files(reg.staging_dir()),
+                        {"status": "promoted", "examples": 3})
 
 
 def test_adapters_and_rollback(cfg: Config, capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,9 +49,8 @@ async def test_export_default_and_explicit_path(cfg: Config, store: Store, tmp_p
 
 def test_export_model_refusals(cfg: Config, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    assert cmd_export_model(cfg, tmp_path / "m", merged=False, gguf=False) == 2
-    assert cmd_export_model(cfg, tmp_path / "m", merged=True, gguf=False) == 1
+    assert cmd_export_model(cfg, tmp_path / "m", gguf=False) == 1
     assert "No adapter is active" in capsys.readouterr().err
     other = cfg.replace(model__name=str(tmp_path / "some-hf-model"))
-    assert cmd_export_model(other, tmp_path / "m", merged=True, gguf=True) == 1
+    assert cmd_export_model(other, tmp_path / "m", gguf=True) == 1
     assert "convert_hf_to_gguf.py" in capsys.readouterr().err

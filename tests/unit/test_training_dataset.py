@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Config
-from bot.moderation import build_guard
+from bot.core.moderation import build_guard
 from data.store import Store
 from llm.prompt import build_messages
 from rag.base import Passage, format_context

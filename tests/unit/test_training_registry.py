@@ -9,19 +9,15 @@ from pathlib import Path
 import pytest
 
 from llm.errors import AdapterError
-from training.evaluate import ProbeFile, decide
+from tests.fakes.training_data import write_adapter_files
+from training.gate import decide
+from training.probes import ProbeFile
 from training.registry import Registry
 
 
-def _staged(reg: Registry, payload: bytes = b"weights") -> Path:
-    staged = reg.staging_dir()
-    (staged / "adapter_config.json").write_text(json.dumps({"r": 8}))
-    (staged / "adapter_model.safetensors").write_bytes(payload)
-    return staged
-
-
 def _add(reg: Registry, status: str = "promoted") -> str:
-    return reg.register(_staged(reg), {"status": status, "parent": reg.active()})
+    return reg.register(write_adapter_files(reg.staging_dir()),
+                        {"status": status, "parent": reg.active()})
 
 
 def test_versions_and_meta(tmp_path: Path) -> None:
@@ -70,6 +66,10 @@ def test_corrupt_or_missing_adapter_is_refused_and_previous_kept(tmp_path: Path)
         reg.rollback("v0042")
     with pytest.raises(AdapterError, match="not an adapter version"):
         reg.rollback("../etc")
+    v4 = _add(reg)  # the same check the model runs before loading: unreadable weights
+    (reg.path(v4) / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(AdapterError, match="incomplete or corrupt"):
+        reg.rollback(v4)
     assert reg.active() == v3
 
 

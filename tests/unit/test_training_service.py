@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 from bot.config import Config
 from data.store import Store
 from llm.fake import FakeChatModel
+from tests.fakes.training_data import write_adapter_files
 from training import service as service_mod
 from training.cycle import CycleResult
 from training.errors import TrainingError
@@ -38,10 +38,7 @@ class SlowCycle:
 
 
 def _adapter(reg: Registry, status: str = "promoted") -> str:
-    staged = reg.staging_dir()
-    (staged / "adapter_config.json").write_text(json.dumps({"r": 8}))
-    (staged / "adapter_model.safetensors").write_bytes(b"x")
-    return reg.register(staged, {"status": status})
+    return reg.register(write_adapter_files(reg.staging_dir()), {"status": status})
 
 
 async def test_retrain_is_single_flight_with_the_scheduler(
@@ -78,17 +75,15 @@ async def test_scheduler_job_settings_and_catch_up(cfg: Config, store: Store,
         job = sched.scheduler.get_job("nightowl-nightly-training")
         assert job.coalesce and job.max_instances == 1 and job.misfire_grace_time == 3600
         assert sched.next_run_time is not None
-        for _ in range(200):  # the missed run (no last run recorded) is caught up once
-            if notes:
-                break
-            await asyncio.sleep(0.01)
+        assert sched.catch_up is not None  # the missed run (no last run recorded) is caught up
+        await sched.catch_up
     assert fake.calls == ["schedule"] and "skipped: test" in notes[0]
     assert await store.kv_get(LAST_RUN_KEY) is not None
-    # a run recorded after the last fire time is not repeated
+    # a run recorded after the last fire time is not repeated: no catch-up run is started
     last = float(await store.kv_get(LAST_RUN_KEY) or 0)
     await store.kv_set(LAST_RUN_KEY, str(last + 120))
-    async with NightlyScheduler(every_minute, svc, notify=notify):
-        await asyncio.sleep(0.05)
+    async with NightlyScheduler(every_minute, svc, notify=notify) as again:
+        assert again.catch_up is None
     assert fake.calls == ["schedule"]
 
 

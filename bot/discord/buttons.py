@@ -1,0 +1,117 @@
+"""The persistent buttons: 👍/👎 under an answer, and the /forget confirmation.
+
+Each is a ``DynamicItem`` whose custom id carries its state, so it works after a restart; the
+client registers :data:`KNOWN_COMPONENTS` once. A button owns its ``interaction_check`` (as in
+discord.py's ``views/persistent.py``): the /forget buttons answer only the user who asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import discord
+from discord import ui
+
+from bot.discord.format import split_message
+from bot.discord.port import Interaction, port_of
+
+log = logging.getLogger("nightowl.discord")
+
+
+class FeedbackButton(ui.DynamicItem[ui.Button[Any]],
+                     template=r"nightowl:fb:(?P<aid>[0-9]+):(?P<vote>up|down)"):
+    """👍/👎 on an answer. The custom id carries the answer id, so it works after a restart."""
+
+    def __init__(self, answer_id: int, vote: str, chosen: str | None = None) -> None:
+        style = discord.ButtonStyle.secondary
+        if chosen == vote:
+            style = discord.ButtonStyle.success if vote == "up" else discord.ButtonStyle.danger
+        super().__init__(ui.Button(style=style, emoji="👍" if vote == "up" else "👎",
+                                   custom_id=f"nightowl:fb:{answer_id}:{vote}"))
+        self.answer_id = answer_id
+        self.vote = vote
+
+    @classmethod
+    async def from_custom_id(cls, interaction: Interaction, item: ui.Item[Any],
+                             match: re.Match[str], /) -> FeedbackButton:
+        return cls(int(match["aid"]), match["vote"])
+
+    async def callback(self, interaction: Interaction) -> None:
+        port = port_of(interaction)
+        try:
+            inc = port.incoming(interaction.user, interaction.channel_id or 0, "")
+            result = await port.core.feedback(inc, self.answer_id, 1 if self.vote == "up" else -1)
+            if result.ok:
+                await interaction.response.edit_message(
+                    view=feedback_view(self.answer_id, self.vote))
+            else:
+                await interaction.response.send_message(result.text, ephemeral=True)
+        except Exception:
+            await port.report_error("button " + self.custom_id, interaction)
+
+
+def feedback_view(answer_id: int, chosen: str | None = None) -> ui.View:
+    view = ui.View(timeout=None)
+    view.add_item(FeedbackButton(answer_id, "up", chosen))
+    view.add_item(FeedbackButton(answer_id, "down", chosen))
+    return view
+
+
+class ForgetButton(ui.DynamicItem[ui.Button[Any]],
+                   template=r"nightowl:forget:(?P<uid>[0-9]+):(?P<choice>yes|no)"):
+    """The /forget confirmation; only the user who asked can press it."""
+
+    def __init__(self, user_id: int, choice: str) -> None:
+        super().__init__(ui.Button(
+            style=discord.ButtonStyle.danger if choice == "yes" else discord.ButtonStyle.secondary,
+            label="Yes, delete everything" if choice == "yes" else "Cancel",
+            custom_id=f"nightowl:forget:{user_id}:{choice}"))
+        self.user_id = user_id
+        self.choice = choice
+
+    @classmethod
+    async def from_custom_id(cls, interaction: Interaction, item: ui.Item[Any],
+                             match: re.Match[str], /) -> ForgetButton:
+        return cls(int(match["uid"]), match["choice"])
+
+    async def interaction_check(self, interaction: Interaction, /) -> bool:
+        if interaction.user.id == self.user_id:
+            return True
+        try:
+            await interaction.response.send_message("This button belongs to someone else's "
+                                                    "/forget.", ephemeral=True)
+        except discord.HTTPException as exc:
+            log.warning("could not answer a press of someone else's /forget: %s", exc)
+        return False
+
+    async def callback(self, interaction: Interaction) -> None:
+        port = port_of(interaction)
+        try:
+            if self.choice != "yes":
+                await interaction.response.edit_message(
+                    content="Cancelled. Nothing was deleted.", view=None)
+                return
+            await interaction.response.defer()
+            result = await port.core.forget(port.incoming(interaction.user,
+                                                          interaction.channel_id or 0, ""))
+            first = next(iter(split_message(result.text)), "…")
+            await interaction.edit_original_response(content=first, view=None)
+        except Exception:
+            await port.report_error("button " + self.custom_id, interaction)
+
+
+def forget_view(user_id: int) -> ui.View:
+    view = ui.View(timeout=None)
+    view.add_item(ForgetButton(user_id, "yes"))
+    view.add_item(ForgetButton(user_id, "no"))
+    return view
+
+
+KNOWN_COMPONENTS = (FeedbackButton, ForgetButton)
+
+
+def is_known_component(custom_id: str) -> bool:
+    return any(cls.__discord_ui_compiled_template__.fullmatch(custom_id)
+               for cls in KNOWN_COMPONENTS)

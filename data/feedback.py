@@ -1,0 +1,59 @@
+"""Ratings (👍/👎, one per answer, the latest wins) and corrections, and the view training reads.
+
+:meth:`FeedbackTables.training_conversations` is the only way training sees conversations: users
+who opted out are excluded here, and forgotten users are already deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from data.connection import Connection
+from data.rows import TrainingConversation, TrainingMessage
+
+
+class FeedbackTables(Connection):
+    async def set_feedback(self, message_id: int, user_id: int, value: int) -> None:
+        if value not in (-1, 1):
+            raise ValueError("feedback value must be 1 or -1")
+        now = time.time()
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO feedback (message_id, user_id, value, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET "
+                "value = excluded.value, updated_at = excluded.updated_at",
+                (message_id, user_id, value, now, now))
+
+    async def get_feedback(self, message_id: int) -> int | None:
+        rows = list(await self.db.execute_fetchall(
+            "SELECT value FROM feedback WHERE message_id = ?", (message_id,)))
+        return int(rows[0][0]) if rows else None
+
+    async def add_correction(self, message_id: int, user_id: int, text: str) -> int:
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "INSERT INTO corrections (message_id, user_id, text, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (message_id, user_id, text, time.time()))
+            return int(cur.lastrowid or 0)
+
+    async def training_conversations(self) -> list[TrainingConversation]:
+        """Every conversation of users who did not opt out: its finished messages, oldest first,
+        each with its rating and latest correction (for the dataset builder)."""
+        rows = await self.db.execute_fetchall(
+            "SELECT c.id, c.user_id, m.id, m.role, m.text, m.created_at, m.sources, f.value, "
+            "(SELECT text FROM corrections k WHERE k.message_id = m.id ORDER BY k.id DESC LIMIT 1) "
+            "FROM conversations c JOIN users u ON c.user_id = u.id "
+            "JOIN messages m ON m.conversation_id = c.id "
+            "LEFT JOIN feedback f ON f.message_id = m.id "
+            "WHERE u.opted_out = 0 AND m.status = 'done' ORDER BY c.id, m.id")
+        owners: dict[int, int] = {}
+        messages: dict[int, list[TrainingMessage]] = {}
+        for r in rows:
+            owners.setdefault(r[0], r[1])
+            messages.setdefault(r[0], []).append(TrainingMessage(
+                id=r[2], role=r[3], text=r[4], created_at=r[5], sources=json.loads(r[6] or "[]"),
+                feedback=r[7], correction=r[8]))
+        return [TrainingConversation(id=cid, user_id=owners[cid], messages=tuple(msgs))
+                for cid, msgs in messages.items()]
