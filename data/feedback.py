@@ -30,12 +30,15 @@ class FeedbackTables(Connection):
             "SELECT value FROM feedback WHERE message_id = ?", (message_id,)))
         return int(rows[0][0]) if rows else None
 
-    async def add_correction(self, message_id: int, user_id: int, text: str) -> int:
+    async def add_correction(self, message_id: int, user_id: int, text: str,
+                             origin: str = "owner") -> int:
+        """``origin``: "owner" (the asker), "admin", or "suggestion" (someone else's answer;
+        trains only once approved)."""
         async with self.transaction() as db:
             cur = await db.execute(
-                "INSERT INTO corrections (message_id, user_id, text, created_at) "
-                "VALUES (?, ?, ?, ?)",
-                (message_id, user_id, text, time.time()))
+                "INSERT INTO corrections (message_id, user_id, text, created_at, origin) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (message_id, user_id, text, time.time(), origin))
             return int(cur.lastrowid or 0)
 
     async def training_conversations(self) -> list[TrainingConversation]:
@@ -43,10 +46,15 @@ class FeedbackTables(Connection):
         each with its rating and latest correction (for the dataset builder)."""
         rows = await self.db.execute_fetchall(
             "SELECT c.id, c.user_id, m.id, m.role, m.text, m.created_at, m.sources, f.value, "
-            "(SELECT text FROM corrections k WHERE k.message_id = m.id ORDER BY k.id DESC LIMIT 1) "
+            "k.id, k.text, k.origin, "
+            "(SELECT decision FROM reviews r WHERE r.answer_id = m.id AND r.correction_id IS NULL), "
+            "rk.decision, rk.edited_text "
             "FROM conversations c JOIN users u ON c.user_id = u.id "
             "JOIN messages m ON m.conversation_id = c.id "
             "LEFT JOIN feedback f ON f.message_id = m.id "
+            "LEFT JOIN corrections k ON k.id = (SELECT MAX(id) FROM corrections "
+            "WHERE message_id = m.id) "
+            "LEFT JOIN reviews rk ON rk.correction_id = k.id "
             "WHERE u.opted_out = 0 AND m.status = 'done' ORDER BY c.id, m.id")
         owners: dict[int, int] = {}
         messages: dict[int, list[TrainingMessage]] = {}
@@ -54,6 +62,7 @@ class FeedbackTables(Connection):
             owners.setdefault(r[0], r[1])
             messages.setdefault(r[0], []).append(TrainingMessage(
                 id=r[2], role=r[3], text=r[4], created_at=r[5], sources=json.loads(r[6] or "[]"),
-                feedback=r[7], correction=r[8]))
+                feedback=r[7], correction_id=r[8], correction=r[9], correction_origin=r[10],
+                feedback_review=r[11], correction_review=r[12], correction_edited=r[13]))
         return [TrainingConversation(id=cid, user_id=owners[cid], messages=tuple(msgs))
                 for cid, msgs in messages.items()]

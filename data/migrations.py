@@ -101,4 +101,18 @@ CREATE TABLE message_refs (
 );
 CREATE INDEX message_refs_message ON message_refs (message_id);
 """),
+    ("0004_reviews", """
+ALTER TABLE corrections ADD COLUMN origin TEXT NOT NULL DEFAULT 'owner'
+    CHECK (origin IN ('owner', 'admin', 'suggestion'));
+CREATE TABLE reviews (
+    id INTEGER PRIMARY KEY,
+    answer_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    correction_id INTEGER REFERENCES corrections(id) ON DELETE CASCADE,
+    decision TEXT NOT NULL CHECK (decision IN ('approved', 'rejected')),
+    edited_text TEXT,
+    reviewer TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE UNIQUE INDEX reviews_item ON reviews (answer_id, IFNULL(correction_id, 0));
+"""),
 ]

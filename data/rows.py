@@ -98,7 +98,14 @@ class TrainingMessage:
     created_at: float
     sources: list[dict[str, Any]] = field(default_factory=list)
     feedback: int | None = None  # 1 (👍), -1 (👎) or None (unrated)
-    correction: str | None = None
+    correction: str | None = None  # the latest correction's text
+    correction_id: int | None = None
+    correction_origin: str | None = None  # owner | admin | suggestion (see corrections.origin)
+    # An admin's decision on this answer (its rating) and on its latest correction, if any:
+    # "approved" | "rejected" | None (not reviewed); an approval may carry an edited text.
+    feedback_review: str | None = None
+    correction_review: str | None = None
+    correction_edited: str | None = None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class TrainingConfig:
     keep_adapters: int = setting(10, 1, 10_000)
     eval_tolerance: float = setting(0.3, 0.0, 10.0)
     threads: int = setting(0, 0, 512)
+    review: str = setting("owners", choices=("owners", "admin"))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ the configured system prompt, the answer's stored knowledge sources formatted by
 ``rag.base.format_context`` and the same history window), followed by the target answer.
 
 Policy (``[training]``): 👍 answers count; a correction replaces the answer it corrects (even a 👎
-one); unrated answers count only when ``include_unrated_after_hours`` > 0 and they are older than
+one); what an admin must approve first is :mod:`training.review`'s rule (``review``); unrated answers count only when ``include_unrated_after_hours`` > 0 and they are older than
 that with no 👎. Dropped, each counted by reason in the report: 👎 without correction, unrated,
 non-answers and errors, no question, too short / too long (characters), too long in tokens even
 after trimming history, exact duplicates and near-duplicates. Opted-out and forgotten users never
@@ -33,6 +33,7 @@ from llm.base import ChatMessage
 from llm.prompt import build_messages
 from rag.base import Passage, format_context
 from training.config import LearningSettings
+from training.review import corrected_text, correction_state, rating_state
 from training.scrub import scrub
 
 TokenCounter = Callable[[Sequence[ChatMessage]], int]
@@ -173,21 +174,27 @@ def build_examples(cfg: LearningSettings, conversations: Sequence[TrainingConver
             if m.role != "assistant":
                 continue
             report.answers_seen += 1
-            correction = (m.correction or "").strip()
+            correction = corrected_text(m).strip()
+            c_state = correction_state(m, t.review) if correction else "rejected"
+            r_state = rating_state(m, t.review)
             fb = m.feedback
-            if correction:
+            if c_state == "approved":
                 kind, target = "correction", correction
-            elif fb == 1:
-                kind, target = "good", m.text
+            elif c_state == "pending":
+                report.dropped["pending_review"] += 1
+                continue
             elif fb == -1:
                 report.dropped["thumbs_down"] += 1
                 continue
-            elif t.include_unrated_after_hours > 0 and \
-                    now - m.created_at >= t.include_unrated_after_hours * 3600:
-                kind, target = "unrated", m.text
-            else:
+            elif fb is None and not (t.include_unrated_after_hours > 0 and
+                                     now - m.created_at >= t.include_unrated_after_hours * 3600):
                 report.dropped["unrated"] += 1
                 continue
+            elif r_state != "approved":
+                report.dropped["pending_review" if r_state == "pending" else "rejected"] += 1
+                continue
+            else:
+                kind, target = ("good", m.text) if fb == 1 else ("unrated", m.text)
             if _is_non_answer(target):
                 report.dropped["non_answer"] += 1
                 continue
