@@ -21,6 +21,8 @@ class RagConfig:
     min_score: float = setting(0.3, -1.0, 1.0)
     context_tokens: int = setting(600, 0, 100_000)
     max_file_mb: float = setting(20.0, 0.001, 10_000.0)
+    max_pdf_pages: int = setting(2000, 1, 1_000_000)
+    extract_timeout_s: float = setting(120.0, 1.0, 86_400.0)
     sample_on_first_run: bool = True
     hybrid: bool = True
     embedding_dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))

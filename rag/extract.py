@@ -2,8 +2,11 @@
 
 Formats: Markdown, plain text (encoding detected with charset-normalizer), HTML (beautifulsoup4;
 scripts, styles and navigation dropped), PDF (pypdf text layer), DOCX (python-docx) and JSON/JSONL
-question-answer pairs. Size limits come from ``[rag] max_file_mb``; ZIP containers (DOCX) are
-checked for their unpacked size before they are opened.
+question-answer pairs. Limits (:class:`Limits`): the file size (``[rag] max_file_mb``), a DOCX's
+unpacked size (counted while inflating, before python-docx opens it), a PDF's pages and extraction
+time, and the extracted text (10 x the file limit, checked as it grows for PDFs). HTML text a
+reader never sees (``hidden``, ``aria-hidden``, ``display:none``, ``visibility:hidden``, zero size
+or opacity) is dropped: it would be a prompt-injection channel.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +30,20 @@ _HTML_DROP = ("script", "style", "noscript", "nav", "header", "footer", "aside",
               "iframe", "template", "button")
 _HTML_BLOCKS = ("p", "div", "li", "tr", "br", "pre", "section", "article", "table", "ul", "ol",
                 "blockquote", "dd", "dt", "main", "figure")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one file may cost to extract (``[rag] max_file_mb``, ``max_pdf_pages``,
+    ``extract_timeout_s``); the text it yields is capped at 10 x the file limit."""
+
+    max_bytes: int
+    max_pages: int = 2000
+    timeout_s: float = 120.0
+
+    @property
+    def max_chars(self) -> int:
+        return 10 * self.max_bytes
 
 
 class Skip(Exception):
@@ -97,15 +115,51 @@ def decode_text(data: bytes) -> str:
 
 
 def _check_zip(data: bytes, max_bytes: int) -> None:
+    """Refuse a DOCX whose parts unpack beyond the budget, counting the bytes actually inflated.
+
+    The XML parts (what lxml parses, at several times their size in memory) may unpack to
+    ``max_bytes`` in all; every part together to 10 x ``max_bytes`` and at most
+    ``ZIP_MAX_RATIO`` times the file. Sizes in the ZIP headers are not trusted: each part is read
+    through in chunks and the count stops at the budget (zipfile also checks CRCs).
+    """
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
         raise Skip("unreadable: not a valid .docx (ZIP) file") from exc
+    total_cap = min(10 * max_bytes, ZIP_MAX_RATIO * max(len(data), 1))
+    total = xml = 0
     with zf:
-        total = sum(max(i.file_size, 0) for i in zf.infolist())
-    if total > 10 * max_bytes or total > ZIP_MAX_RATIO * max(len(data), 1):
-        raise Skip(f"refused: unpacks to {total:,} bytes from {len(data):,} (zip bomb?); "
-                   "the limit is 10 x [rag] max_file_mb")
+        for info in zf.infolist():
+            is_xml = info.filename.endswith((".xml", ".rels"))
+            try:
+                with zf.open(info) as part:
+                    while chunk := part.read(1 << 20):
+                        total += len(chunk)
+                        xml += len(chunk) if is_xml else 0
+                        if xml > max_bytes:
+                            raise Skip(f"refused: its XML unpacks to over {max_bytes:,} bytes "
+                                       f"from {len(data):,} (zip bomb?); the limit is "
+                                       "[rag] max_file_mb")
+                        if total > total_cap:
+                            raise Skip(f"refused: unpacks to over {total_cap:,} bytes from "
+                                       f"{len(data):,} (zip bomb?); the limit is 10 x "
+                                       "[rag] max_file_mb")
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError,
+                    EOFError) as exc:
+                raise Skip(f"unreadable: damaged .docx ({type(exc).__name__})") from exc
+
+
+_HIDDEN_STYLE = re.compile(r"(?i)(?:display\s*:\s*none|visibility\s*:\s*hidden|"
+                           r"font-size\s*:\s*0(?![.\d]*[1-9])|opacity\s*:\s*0(?![.\d]*[1-9]))")
+
+
+def _hidden(tag: Any) -> bool:
+    attrs = getattr(tag, "attrs", None) or {}
+    if "hidden" in attrs or str(attrs.get("aria-hidden", "")).lower() == "true":
+        return True
+    if str(attrs.get("type", "")).lower() == "hidden":
+        return True
+    return bool(_HIDDEN_STYLE.search(str(attrs.get("style", ""))))
 
 
 def _html(data: bytes) -> str:
@@ -116,6 +170,9 @@ def _html(data: bytes) -> str:
         tag.decompose()
     for tag in soup.find_all(True, attrs={"role": ["navigation", "banner", "contentinfo"]}):
         tag.decompose()
+    for tag in soup.find_all(_hidden):  # text a reader never sees must not reach the prompt
+        if not tag.decomposed:
+            tag.decompose()
     for level in range(1, 7):
         for tag in soup.find_all(f"h{level}"):
             title = " ".join(tag.get_text(" ").split())
@@ -127,19 +184,35 @@ def _html(data: bytes) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def _pdf(data: bytes) -> str:
+def _pdf(data: bytes, limits: Limits) -> str:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
+    started = time.monotonic()
+    pages: list[str] = []
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise Skip("unreadable: the PDF is password-protected")
-        pages = [(page.extract_text() or "").strip() for page in reader.pages]
+        count = len(reader.pages)
+        if count > limits.max_pages:
+            raise Skip(f"refused: {count:,} pages, the limit is {limits.max_pages:,} "
+                       "([rag] max_pdf_pages)")
+        size = 0
+        for page in reader.pages:
+            text = (page.extract_text() or "").strip()
+            pages.append(text)
+            size += len(text)
+            if size > limits.max_chars:
+                raise Skip(f"refused: extracts to over {limits.max_chars:,} characters "
+                           "(a compression bomb?); the limit is 10 x [rag] max_file_mb")
+            if time.monotonic() - started > limits.timeout_s:
+                raise Skip(f"refused: text extraction took over {limits.timeout_s:g} s "
+                           f"(stopped at page {len(pages)} of {count}; [rag] extract_timeout_s)")
     except Skip:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
-        raise Skip(f"unreadable: not a valid PDF ({exc})") from exc
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
+        raise Skip(f"unreadable: not a valid PDF ({type(exc).__name__})") from exc
     if not any(pages):
         raise Skip("no text layer (a scanned PDF? run OCR first, e.g. `ocrmypdf in.pdf out.pdf`)")
     multi = len(pages) > 1
@@ -220,8 +293,9 @@ def _qa(data: bytes, jsonl: bool) -> list[tuple[str, str]]:
     return pairs
 
 
-def extract(name: str, data: bytes, max_bytes: int) -> Extracted:
+def extract(name: str, data: bytes, max_bytes: int, limits: Limits | None = None) -> Extracted:
     """Extract the text of one file from its bytes; raises :class:`Skip` with a reason."""
+    limits = limits or Limits(max_bytes)
     reason = size_limit_reason(len(data), max_bytes)
     if reason:
         raise Skip(reason)
@@ -235,7 +309,7 @@ def extract(name: str, data: bytes, max_bytes: int) -> Extracted:
     elif ext in (".html", ".htm"):
         result = Extracted("markdown", _html(data))
     elif ext == ".pdf":
-        result = Extracted("markdown", _pdf(data))
+        result = Extracted("markdown", _pdf(data, limits))
     elif ext == ".docx":
         result = Extracted("markdown", _docx(data, max_bytes))
     elif ext in (".json", ".jsonl"):

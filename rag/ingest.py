@@ -32,7 +32,7 @@ from rag.base import Embedder, IngestResult
 from rag.chroma import ChunkCollection
 from rag.chunking import Chunk, Chunker, embed_text
 from rag.errors import KnowledgeError
-from rag.extract import Skip, extract, read_file, size_limit_reason
+from rag.extract import Limits, Skip, extract, read_file, size_limit_reason
 
 if TYPE_CHECKING:
     from data.store import Store
@@ -57,7 +57,13 @@ def safe_name(name: str, default: str = "upload") -> str:
 
 def expand(paths: Sequence[Path | str], globs: Sequence[str] = ()) -> list[Path]:
     """Files under ``paths`` (folders recursively, hidden entries skipped), glob-filtered."""
-    out: list[Path] = []
+    return [f for f, _ in expand_with_roots(paths, globs)]
+
+
+def expand_with_roots(paths: Sequence[Path | str], globs: Sequence[str] = ()
+                      ) -> list[tuple[Path, Path | None]]:
+    """Like :func:`expand`, each file with the folder it was found in (None: named directly)."""
+    out: list[tuple[Path, Path | None]] = []
     for raw in paths:
         p = Path(raw).expanduser()
         if p.is_dir():
@@ -66,10 +72,17 @@ def expand(paths: Sequence[Path | str], globs: Sequence[str] = ()) -> list[Path]
                 if f.is_file() and not any(part.startswith(".") for part in rel.parts) and (
                         not globs or any(fnmatch.fnmatch(f.name, g)
                                          or fnmatch.fnmatch(str(rel), g) for g in globs)):
-                    out.append(f)
+                    out.append((f, p))
         else:
-            out.append(p)
+            out.append((p, None))
     return out
+
+
+def escapes(path: Path, root: Path | None) -> bool:
+    """A file found in a folder that is a symlink to something outside that folder."""
+    if root is None or not path.is_symlink():
+        return False
+    return not path.resolve().is_relative_to(root.resolve())
 
 
 class Ingestion:
@@ -95,8 +108,12 @@ class Ingestion:
                      globs: Sequence[str] = ()) -> list[IngestResult]:
         """Ingest files and folders; one result per file, a bad file never stops the others."""
         results = []
-        for path in expand(paths, globs):
-            res = await self.ingest_file(path, by=by)
+        for path, root in expand_with_roots(paths, globs):
+            if escapes(path, root):
+                res = IngestResult(str(path), "skipped",
+                                   reason="symlink to a file outside the folder (not followed)")
+            else:
+                res = await self.ingest_file(path, by=by)
             results.append(res)
             if progress is not None:
                 progress(res)
@@ -130,7 +147,8 @@ class Ingestion:
         return IngestResult(clean, res.status, res.chunks, res.reason)
 
     def _prepare(self, name: str, data: bytes) -> list[Chunk]:
-        doc = extract(name, data, self._max_bytes())
+        doc = extract(name, data, self._max_bytes(),
+                      Limits(self._max_bytes(), self.cfg.max_pdf_pages, self.cfg.extract_timeout_s))
         chunks = self.chunker.chunk(doc)
         if not chunks:
             raise Skip("empty")

@@ -1,13 +1,19 @@
 """PII and secret scrubbing for training data: nothing identifying is written to a dataset.
 
-Patterns (in this order, so a token is never half-matched as a phone number): API keys and tokens
-(Telegram bot tokens, Discord bot tokens, ``sk-`` keys, GitHub/Slack/AWS/Google keys, JWTs,
-``Bearer`` headers, ``password=``/``api_key:`` assignments), e-mail addresses, card numbers that
-pass the Luhn check, IPv4/IPv6 addresses and phone numbers. Each match becomes a typed
-placeholder such as ``[email]`` so the sentence keeps its shape.
+``scrub(text)`` replaces each finding with a typed placeholder (``[email]``, ``[phone]``,
+``[cpf]``, ``[secret]`` ...) so the sentence keeps its shape, and counts the findings by kind.
+The formats and their check digits are in :mod:`training.pii`. Order matters and is fixed:
+private-key blocks, credentials and tokens in URLs, provider keys, ``Authorization`` headers,
+``name = value`` and "my password is ..." secrets, e-mail addresses, IBAN, CNPJ, CPF, RG, cards,
+CEP, IP addresses, phones. UUIDs are set aside first and put back unchanged, so no part of one is
+ever taken for a phone or a card.
+
+Where it is applied is the dataset's business (:mod:`training.dataset`): questions and history
+are scrubbed; the retrieved context is never rewritten; an example whose *answer* holds a finding
+is dropped and counted, so the model never learns to print a placeholder.
 
 No maintained PII library is installed in this environment (presidio and scrubadub pull spaCy models
-from the network), so these are our own patterns; the tests pin each one.
+from the network), so these are our own patterns; tests/unit/test_training_scrub.py pins each one.
 """
 
 from __future__ import annotations
@@ -17,51 +23,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-_TOKEN_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    # Telegram bot token: numeric bot id, colon, 35 url-safe characters.
-    ("token", re.compile(r"(?<![\w])\d{5,16}:[A-Za-z0-9_-]{35}(?![\w-])")),
-    # Discord bot token: base64 user id . timestamp . hmac (and legacy mfa. tokens).
-    ("token", re.compile(r"(?<![\w.])[MNO][A-Za-z\d_-]{23,27}\.[A-Za-z\d_-]{6,7}"
-                         r"\.[A-Za-z\d_-]{27,40}(?![\w-])")),
-    ("token", re.compile(r"\bmfa\.[A-Za-z\d_-]{20,}")),
-    # OpenAI / Anthropic style secret keys.
-    ("key", re.compile(r"\bsk-(?:[A-Za-z0-9]+-)*[A-Za-z0-9_-]{16,}")),
-    # GitHub, Slack, AWS, Google, Hugging Face, Stripe-like.
-    ("key", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})")),
-    ("key", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
-    ("key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
-    ("key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}")),
-    ("key", re.compile(r"\bhf_[A-Za-z0-9]{30,}")),
-    ("key", re.compile(r"\b(?:rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}")),
-    # JSON web tokens.
-    ("token", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
-]
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/-]{16,}=*")
-_ASSIGNMENT = re.compile(
-    r"(?i)\b((?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|secret(?:[_-]?key)?|token|"
-    r"password|passwd|pwd|client[_-]?secret)\s*[:=]\s*)(['\"]?)([^\s'\"]{6,})\2")
-_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-                    r"\.[A-Za-z]{2,}\b")
-_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
-_IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
-                   r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]*\d)")
-_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,5}"
-                    r"(?:[\s.-]?\d{2,5}){1,4}(?![\w])")
-_DATE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
+from training import pii
+from training.pii import luhn_ok
 
+__all__ = ["ScrubResult", "luhn_ok", "scrub"]
 
-def luhn_ok(digits: str) -> bool:
-    """The Luhn checksum used by payment card numbers."""
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
+_STRONG_VALUE = re.compile(r"(?=.*\d)(?=.*[A-Za-z])|.{16,}")
+_PLACEHOLDER = re.compile(r"^\[[a-z]+\]$")
 
 
 @dataclass
@@ -70,60 +38,137 @@ class ScrubResult:
     counts: Counter[str] = field(default_factory=Counter)
 
 
-def _sub(pattern: re.Pattern[str], kind: str, text: str, counts: Counter[str]) -> str:
-    def repl(m: re.Match[str]) -> str:
-        counts[kind] += 1
+class _Scrubber:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.counts: Counter[str] = Counter()
+        self._kept: list[str] = []
+
+    def found(self, kind: str) -> str:
+        self.counts[kind] += 1
         return f"[{kind}]"
-    return pattern.sub(repl, text)
+
+    def sub(self, pattern: re.Pattern[str], kind: str) -> None:
+        self.text = pattern.sub(lambda m: self.found(kind), self.text)
+
+    def set_aside(self, pattern: re.Pattern[str]) -> None:
+        def keep(m: re.Match[str]) -> str:
+            self._kept.append(m.group(0))
+            return f"\ue000{chr(0xE100 + len(self._kept) - 1)}\ue001"
+        self.text = pattern.sub(keep, self.text)
+
+    def restore(self) -> None:
+        self.text = re.sub("\ue000(.)\ue001", lambda m: self._kept[ord(m.group(1)) - 0xE100],
+                           self.text)
+
+    # ---- secrets ---------------------------------------------------------------------------
+    def secrets(self) -> None:
+        self.sub(pii.PEM, "key")
+        self.text = pii.URL_USERINFO.sub(lambda m: m.group(1) + self.found("secret") + "@",
+                                         self.text)
+        self.text = pii.URL_PARAM.sub(lambda m: m.group(1) + self.found("secret"), self.text)
+        for kind, pattern in pii.TOKEN_PATTERNS:
+            self.sub(pattern, kind)
+
+        def header(m: re.Match[str]) -> str:
+            value = m.group(0).split(None, 1)[1]
+            if not re.search(r"[\d+/=]", value) and (value.islower() or value.isupper()):
+                return m.group(0)  # a plain word after "basic"/"bearer"
+            return f"{m.group(1)} {self.found('token')}"
+        self.text = pii.AUTH_HEADER.sub(header, self.text)
+
+        def assignment(m: re.Match[str]) -> str:
+            value = m.group(3) or m.group(4) or ""
+            name = m.group(1).rstrip(" :=").lower()
+            if _PLACEHOLDER.match(value):
+                return m.group(0)
+            if name in pii.WEAK_SECRET_NAMES and not _STRONG_VALUE.match(value):
+                return m.group(0)  # "token: piece", "secret: sauce"
+            quote = m.group(2) or ""
+            return f"{m.group(1)}{quote}{self.found('secret')}{quote}"
+        self.text = pii.ASSIGNMENT.sub(assignment, self.text)
+
+        def said(m: re.Match[str]) -> str:
+            value = m.group(3) or m.group(4) or ""
+            if _PLACEHOLDER.match(value):
+                return m.group(0)
+            quote = m.group(2) or ""
+            close = "" if not quote else ("”" if quote == "“" else quote)
+            return f"{m.group(1)}{quote}{self.found('secret')}{close}"
+        self.text = pii.SAID_SECRET.sub(said, self.text)
+
+    # ---- personal data ---------------------------------------------------------------------
+    def identifiers(self) -> None:
+        self.sub(pii.EMAIL, "email")
+
+        def iban(m: re.Match[str]) -> str:
+            raw = m.group(0)
+            for end in range(len(raw), 14, -1):  # the longest prefix that checks out
+                if raw[end - 1] != " " and pii.iban_ok(raw[:end]):
+                    return self.found("iban") + raw[end:]
+            return raw
+        self.text = pii.IBAN.sub(iban, self.text)
+
+        def cnpj(m: re.Match[str]) -> str:
+            raw = m.group(0)
+            shaped = re.fullmatch(r"\d{2}\.\d{3}\.\d{3}/\d{4}-\d{2}", raw) is not None
+            return self.found("cnpj") if shaped or pii.cnpj_ok(raw) else raw
+        self.text = pii.CNPJ.sub(cnpj, self.text)
+
+        def cpf(m: re.Match[str]) -> str:
+            raw = m.group(0)
+            shaped = re.fullmatch(r"\d{3}\.\d{3}\.\d{3}-\d{2}", raw) is not None
+            return self.found("cpf") if shaped or pii.cpf_ok(raw) else raw
+        self.text = pii.CPF.sub(cpf, self.text)
+        self.sub(pii.RG, "rg")
+        self.text = pii.RG_WORD.sub(lambda m: m.group(1) + self.found("rg"), self.text)
+
+        def card(m: re.Match[str]) -> str:
+            number = pii.digits(m.group(0))
+            if 13 <= len(number) <= 19 and pii.CARD_PREFIX.match(number) and luhn_ok(number):
+                return self.found("card")
+            return m.group(0)
+        self.text = pii.CARD.sub(card, self.text)
+        self.text = pii.CEP.sub(
+            lambda m: m.group(0)[:m.start(1) - m.start(0)] + self.found("cep"), self.text)
+
+    def addresses(self) -> None:
+        def ipv4(m: re.Match[str]) -> str:
+            if pii.VERSION_BEFORE.search(self.text[max(0, m.start() - 12):m.start()]):
+                return m.group(0)  # "version 1.2.3.4"
+            return self.found("ip")
+        self.text = pii.IPV4.sub(ipv4, self.text)
+
+        def ipv6(m: re.Match[str]) -> str:
+            try:
+                ipaddress.IPv6Address(m.group(0))
+            except ValueError:
+                return m.group(0)
+            return self.found("ip")
+        self.text = pii.IPV6.sub(ipv6, self.text)
+
+    def phones(self) -> None:
+        def phone(m: re.Match[str]) -> str:
+            raw = m.group(0)
+            number = pii.digits(raw)
+            if pii.DATE.match(raw.strip()) or not 8 <= len(number) <= 15:
+                return raw
+            if re.fullmatch(r"(?:19|20)\d\d-(?:19|20)\d\d|\d\d00-\d\d00", raw):
+                return raw  # "2023-2024", "1000-2000": ranges, not numbers to call
+            return self.found("phone")
+        for pattern in pii.PHONE_PATTERNS:
+            self.text = pattern.sub(phone, self.text)
+        self.text = pii.PHONE_WORD.sub(
+            lambda m: m.group(0)[:m.start(1) - m.start(0)] + self.found("phone"), self.text)
 
 
 def scrub(text: str) -> ScrubResult:
     """Replace secrets and personal data in ``text`` with placeholders; count what was found."""
-    counts: Counter[str] = Counter()
-    for kind, pattern in _TOKEN_PATTERNS:
-        text = _sub(pattern, kind, text, counts)
-
-    def bearer(m: re.Match[str]) -> str:
-        counts["token"] += 1
-        return f"{m.group(1)} [token]"
-    text = _BEARER.sub(bearer, text)
-
-    def assignment(m: re.Match[str]) -> str:
-        if m.group(3).startswith("[") and m.group(3).endswith("]"):
-            return m.group(0)  # already a placeholder
-        counts["secret"] += 1
-        return f"{m.group(1)}{m.group(2)}[secret]{m.group(2)}"
-    text = _ASSIGNMENT.sub(assignment, text)
-    text = _sub(_EMAIL, "email", text, counts)
-
-    def card(m: re.Match[str]) -> str:
-        digits = re.sub(r"\D", "", m.group(0))
-        if 13 <= len(digits) <= 19 and luhn_ok(digits):
-            counts["card"] += 1
-            return "[card]"
-        return m.group(0)
-    text = _CARD.sub(card, text)
-    text = _sub(_IPV4, "ip", text, counts)
-
-    def ipv6(m: re.Match[str]) -> str:
-        try:
-            ipaddress.IPv6Address(m.group(0))
-        except ValueError:
-            return m.group(0)
-        counts["ip"] += 1
-        return "[ip]"
-    text = _IPV6.sub(ipv6, text)
-
-    def phone(m: re.Match[str]) -> str:
-        raw = m.group(0)
-        digits = re.sub(r"\D", "", raw)
-        plus = raw.startswith("+")
-        separated = bool(re.search(r"[\s().-]", raw))
-        if _DATE.match(raw.strip()) or not (8 if plus else 9) <= len(digits) <= 15:
-            return raw
-        if not plus and not separated and len(digits) < 10:
-            return raw  # a bare 9-digit number is more likely an id or amount
-        counts["phone"] += 1
-        return "[phone]"
-    text = _PHONE.sub(phone, text)
-    return ScrubResult(text, counts)
+    s = _Scrubber(text)
+    s.set_aside(pii.UUID)
+    s.secrets()
+    s.identifiers()
+    s.addresses()
+    s.phones()
+    s.restore()
+    return ScrubResult(s.text, s.counts)
