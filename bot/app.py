@@ -23,10 +23,13 @@ from bot.config import Config
 from bot.core import ConfigError, Core
 from bot.core.moderation import build_guard
 from data.errors import StoreError
+from data.lock import storage_lock
 from data.store import Store
 from llm.base import ChatModel
+from llm.errors import BusyError
 from llm.factory import open_model
 from rag.knowledge import Knowledge, ensure_sample, open_knowledge
+from training.cycle import run_lock
 from training.scheduler import NightlyScheduler
 from training.service import LearningService
 
@@ -113,12 +116,21 @@ async def _learning(cfg: Config, store: Store, model: ChatModel,
     return service
 
 
+def _no_live_run(storage: Path) -> bool:
+    """No process is training on this storage dir (another one's run is live, not stale)."""
+    try:
+        with run_lock(storage):
+            return True
+    except BusyError:
+        return False
+
+
 @asynccontextmanager
 async def open_services(cfg: Config, *, say: Say = print, knowledge: bool = True,
                         learning: bool = True) -> AsyncIterator[Services]:
     """Open the store, the model, the knowledge base and the learning service; build the core."""
     async with open_store(cfg, check=True) as store:
-        stale = await store.fail_stale_runs()
+        stale = await store.fail_stale_runs() if _no_live_run(cfg.storage.path) else 0
         if stale:
             log.warning("marked %d interrupted training run(s) as failed", stale)
         async with _model(cfg, say) as model, _knowledge(cfg, store, knowledge, say) as kb:
@@ -226,6 +238,11 @@ async def run_platforms(cfg: Config, say: Say = print,
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
+    with storage_lock(cfg.storage.path, "nightowl run"):
+        return await _serve(cfg, say, stop)
+
+
+async def _serve(cfg: Config, say: Say, stop: asyncio.Event) -> int:
     async with open_services(cfg, say=say) as svc, _telegram(cfg, svc.core, say), \
             _discord(cfg, svc.core, say), _metrics(svc, say), _chores(svc), _nightly(svc, say):
         say("NightOwl is running. Press Ctrl+C to stop.")

@@ -11,6 +11,7 @@ from bot.cli.common import Subparsers, say, say_err
 from bot.config import Config
 from bot.core import CollectingRenderer
 from bot.terminal.chat import TerminalChat, TerminalRenderer, interactive_reader
+from data.lock import storage_lock
 
 
 def register(sub: Subparsers) -> None:
@@ -25,10 +26,11 @@ def register(sub: Subparsers) -> None:
 
 async def run_chat(args: argparse.Namespace, cfg: Config) -> int:
     interactive = sys.stdin.isatty()
-    async with open_services(cfg, say=say if interactive else say_err) as svc:
-        chat = TerminalChat(svc.core, interactive=interactive,
-                            read_line=interactive_reader if interactive else None)
-        return await chat.run()
+    with storage_lock(cfg.storage.path, "nightowl chat"):
+        async with open_services(cfg, say=say if interactive else say_err) as svc:
+            chat = TerminalChat(svc.core, interactive=interactive,
+                                read_line=interactive_reader if interactive else None)
+            return await chat.run()
 
 
 async def run_ask(args: argparse.Namespace, cfg: Config) -> int:

@@ -9,6 +9,7 @@ it (no model is loaded).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ from typing import TextIO
 from bot.app import open_store
 from bot.cli.common import Subparsers
 from bot.config import Config
+from data.lock import storage_lock
 from rag.base import IngestResult
 from rag.errors import KnowledgeError
 from rag.knowledge import Knowledge, open_knowledge
@@ -42,8 +44,12 @@ def register(sub: Subparsers) -> None:
                      ).set_defaults(run=kb_reindex)
 
 
+BOT_RUNNING = ("The command line changes the knowledge base only while no bot has it open: "
+               "stop the bot first, or send the file to it with /ingest (as an admin).")
+
+
 async def ingest(args: argparse.Namespace, cfg: Config) -> int:
-    return await with_kb(cfg, lambda kb: cmd_ingest(kb, args.paths, args.glob))
+    return await with_kb(cfg, lambda kb: cmd_ingest(kb, args.paths, args.glob), write=True)
 
 
 async def kb_list(args: argparse.Namespace, cfg: Config) -> int:
@@ -51,21 +57,26 @@ async def kb_list(args: argparse.Namespace, cfg: Config) -> int:
 
 
 async def kb_remove(args: argparse.Namespace, cfg: Config) -> int:
-    return await with_kb(cfg, lambda kb: cmd_kb_remove(kb, args.source))
+    return await with_kb(cfg, lambda kb: cmd_kb_remove(kb, args.source), write=True)
 
 
 async def kb_reindex(args: argparse.Namespace, cfg: Config) -> int:
-    return await with_kb(cfg, cmd_kb_reindex)
+    return await with_kb(cfg, cmd_kb_reindex, write=True)
 
 
-async def with_kb(cfg: Config, action: Callable[[Knowledge], Awaitable[int]]) -> int:
-    """Run ``action`` on the knowledge base, opened (and closed) around it."""
-    async with open_store(cfg) as store:
-        kb = await open_knowledge(cfg, store)
-        try:
-            return int(await action(kb))
-        finally:
-            await kb.aclose()
+async def with_kb(cfg: Config, action: Callable[[Knowledge], Awaitable[int]], *,
+                  write: bool = False) -> int:
+    """Run ``action`` on the knowledge base, opened (and closed) around it. A ``write`` needs the
+    storage dir to itself (:mod:`data.lock`): refused while a bot or chat has it open."""
+    lock = (storage_lock(cfg.storage.path, "nightowl kb", exclusive=True, refusal=BOT_RUNNING)
+            if write else contextlib.nullcontext())
+    with lock:
+        async with open_store(cfg) as store:
+            kb = await open_knowledge(cfg, store)
+            try:
+                return int(await action(kb))
+            finally:
+                await kb.aclose()
 
 
 async def cmd_ingest(kb: Knowledge, paths: list[str], globs: list[str] | None = None,
