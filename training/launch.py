@@ -5,14 +5,18 @@ The parent writes the :class:`~training.job.TrainJob` to ``job.json``, starts
 child's output to the terminal (tqdm and progress lines) and to ``train.log``, relays its
 progress lines, and rebuilds the :class:`~training.job.TrainResult` from ``result.json``. A
 non-zero exit (crash, OOM kill, SIGKILL) raises TrainingError; the caller marks the run failed and
-promotes nothing. A cancelled parent kills the child: no orphan trainer is left behind.
+promotes nothing. A cancelled parent kills the child, and a parent that dies (``kill -9``
+included) takes the child with it (``PR_SET_PDEATHSIG``): no orphan trainer is left behind. The
+child's environment holds no credentials (:data:`SECRET_NAMES`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -33,8 +37,16 @@ def training_threads(cfg: LearningSettings) -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+# Environment names that hold credentials: the trainer needs none of them (it reads local files,
+# offline), so a compromised or verbose child cannot leak a platform token.
+SECRET_NAMES = re.compile(r"(?i)TOKEN|SECRET|PASSW(?:OR)?D|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|"
+                          r"CREDENTIAL|WEBHOOK|COOKIE|SESSION_?KEY|AUTH")
+PR_SET_PDEATHSIG = 1
+
+
 def child_env(cfg: LearningSettings, threads: int) -> dict[str, str]:
-    env = dict(os.environ)
+    """The parent's environment without credentials, with bounded threads and offline hubs."""
+    env = {k: v for k, v in os.environ.items() if not SECRET_NAMES.search(k)}
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
     env.setdefault("HF_HOME", str(cfg.storage.path / "hf"))
@@ -46,6 +58,25 @@ def child_env(cfg: LearningSettings, threads: int) -> dict[str, str]:
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of the child: the kernel sends it SIGKILL when the parent dies, however it
+    dies (``kill -9`` included), so no trainer outlives the bot. Linux only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl ran
+        os._exit(1)
+
+
+async def spawn_child(args: list[str], *, env: dict[str, str], cwd: Path
+                      ) -> asyncio.subprocess.Process:
+    """``python ARGS`` in its own session, piped, dying with this process."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=env, cwd=str(cwd), start_new_session=True, preexec_fn=die_with_parent)
 
 
 async def _tee(stream: asyncio.StreamReader | None, sinks: list[Any], say: Say | None,
@@ -80,10 +111,8 @@ async def train_in_child(cfg: LearningSettings, job: TrainJob, *, say: Say | Non
     log_path = job_dir / "train.log"
     tail: list[str] = []
     with log_path.open("w", encoding="utf-8") as logf:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "training.sft", str(job.job_file),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=child_env(cfg, job.threads), cwd=str(job_dir), start_new_session=True)
+        proc = await spawn_child(["-m", "training.sft", str(job.job_file)],
+                                 env=child_env(cfg, job.threads), cwd=job_dir)
         err_sinks: list[Any] = [logf] + ([sys.stderr] if echo else [])
         try:
             await asyncio.gather(_tee(proc.stdout, [logf], say, tail),
