@@ -1,9 +1,10 @@
-"""Contracts of the knowledge base: embedder, retriever, ingestion results."""
+"""Contracts of the knowledge base: embedder, retriever, ingestion results, correction notes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -28,6 +29,38 @@ class Passage:
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "source": self.source, "section": self.section,
                 "score": round(self.score, 4), "chunk_id": self.chunk_id}
+
+
+NOTE_BY = {"admin": "an admin", "user": "the user"}
+
+
+@dataclass(frozen=True)
+class CorrectionNote:
+    """A correction stored as a retrievable note (one per corrected answer)."""
+
+    answer_id: int  # store id of the corrected answer
+    owner_id: int  # store user id of the asker
+    corrector_id: int  # store user id of who corrected
+    question: str  # the question that was answered
+    text: str  # the correction (approved text)
+    by: str  # "admin" | "user"
+    at: float  # unix time of the correction
+
+    def __post_init__(self) -> None:
+        if self.by not in NOTE_BY:
+            raise ValueError(f"CorrectionNote.by is {self.by!r}; use one of {sorted(NOTE_BY)}")
+
+    def citation(self) -> str:
+        """``correction by an admin, 2026-12-01`` (local date of the correction)."""
+        return f"correction by {NOTE_BY[self.by]}, {datetime.fromtimestamp(self.at):%Y-%m-%d}"
+
+    def passage_text(self) -> str:
+        return f"Q: {self.question.strip()}\nA: {self.text.strip()}"
+
+    def passage(self, score: float) -> Passage:
+        """The note as a search result; its chunk id is ``note:<answer_id>``."""
+        return Passage(text=self.passage_text(), source=self.citation(), section="",
+                       score=min(max(score, 0.0), 1.0), chunk_id=f"note:{self.answer_id}")
 
 
 IngestStatus = Literal["added", "unchanged", "replaced", "skipped"]
@@ -55,6 +88,12 @@ class Embedder(Protocol):
         ...
 
 
+def embed_query(embedder: Embedder, text: str) -> list[float]:
+    """The vector of a question: the embedder's query side when it has one (E5 prefixes)."""
+    query_side = getattr(embedder, "embed_query", None)
+    return list(query_side(text)) if query_side else embedder.embed([text])[0]
+
+
 @runtime_checkable
 class Retriever(Protocol):
     async def search(self, query: str, k: int | None = None) -> list[Passage]:
@@ -63,7 +102,26 @@ class Retriever(Protocol):
 
 
 @runtime_checkable
-class KnowledgeBase(Retriever, Protocol):
+class CorrectionNotes(Protocol):
+    """Corrections that take effect at once: ``search()`` also returns matching notes, ranked
+    above document passages. With ``[rag] correction_notes = false`` nothing is stored or
+    retrieved; removing and forgetting always work."""
+
+    async def add_note(self, note: CorrectionNote) -> None:
+        """Store ``note``, replacing any note of the same answer."""
+        ...
+
+    async def remove_note(self, answer_id: int) -> bool:
+        """Remove the note of that answer; False when there was none."""
+        ...
+
+    async def forget_notes(self, user_id: int) -> int:
+        """Remove every note the user asked or corrected; how many were removed."""
+        ...
+
+
+@runtime_checkable
+class KnowledgeBase(Retriever, CorrectionNotes, Protocol):
     async def ingest(self, paths: Sequence[Path], *, by: str = "cli",
                      progress: Callable[[IngestResult], None] | None = None
                      ) -> list[IngestResult]:

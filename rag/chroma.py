@@ -1,9 +1,10 @@
 """Chroma plumbing: the client (embedded or server), our embedding function, the chunk collection.
 
 chromadb is imported only inside these functions (its import costs seconds). One
-:class:`ChunkCollection` owns the handle of the chunk collection: ingestion writes through it,
-search reads through it, and reindex swaps the collection behind it, so both always use the current
-one.
+:class:`ChunkCollection` owns the handle of a collection (the chunks, or the correction notes):
+ingestion writes through it, search reads through it, and reindex swaps the collection behind it,
+so both always use the current one. Its ``embedding_model`` metadata names the model of the
+vectors it holds; an empty collection always takes the configured model.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class Records:
 
 
 class ChunkCollection:
-    """The chunk collection and which embedding model its vectors come from."""
+    """A collection of embedded records and which embedding model its vectors come from."""
 
     def __init__(self, client: Any, name: str, embedder: Embedder, dtype: str) -> None:
         self.client = client
@@ -122,7 +123,14 @@ class ChunkCollection:
         meta = self.collection.metadata or {}
         self.indexed_with = str(meta.get("embedding_model", embedder.name))
         if self.indexed_with != embedder.name and self.collection.count() == 0:
-            self.indexed_with = embedder.name  # no vectors of another model to re-embed
+            # No vectors of another model to re-embed: start afresh for this one. Changing the
+            # metadata alone is not enough: an emptied collection keeps the dimension of the
+            # vectors it once held (the new model's vectors would be refused) and the old
+            # embedding function's config. Without this, the next start reads the old model
+            # from the metadata and falls back to keyword-only search.
+            client.delete_collection(name)
+            self.collection = open_collection(client, name, embedder, dtype)
+            self.indexed_with = embedder.name
 
     def count(self) -> int:
         return int(self.collection.count())

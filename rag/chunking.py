@@ -87,6 +87,14 @@ class Chunker:
         encs = self.tokenizer.encode_batch(texts, add_special_tokens=False)
         return [len(e.ids) for e in encs]
 
+    def truncate(self, text: str, tokens: int) -> str:
+        """``text`` cut to at most ``tokens`` tokens (marked with "…"); "" if nothing fits."""
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(enc.ids) <= tokens:
+            return text
+        end = enc.offsets[tokens - 1][1] if tokens > 0 else 0
+        return text[:end].rstrip() + " …" if end else ""
+
     def _split(self, body: str, markdown: bool) -> list[str]:
         if self.count([body])[0] <= self.chunk_tokens:
             return [body.strip()]

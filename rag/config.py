@@ -28,6 +28,8 @@ class RagConfig:
     embedding_dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))
     min_keyword_score: float = setting(0.75, 0.0, 1.0)
     exact_search_max: int = setting(200_000, 0, 100_000_000)
+    correction_notes: bool = True
+    note_min_score: float = setting(0.7, -1.0, 1.0)
 
 
 class KnowledgeSettings(Protocol):

@@ -3,7 +3,10 @@
 Chunks live in Chroma (embedded ``PersistentClient`` under ``<storage>/chroma`` or a server via
 ``[rag] chroma_url``); one record per source lives in SQLite (``kb_sources``). Writes are
 :mod:`rag.ingest`, reads are :mod:`rag.search`; both share one :class:`rag.chroma.ChunkCollection`,
-and every write tells search to reload its mirror. Blocking work runs in threads.
+and every write tells search to reload its mirror. Correction notes (:mod:`rag.notes`) are a
+second collection on the same client: :meth:`Knowledge.search` puts matching notes first, then
+fills the rest of ``k`` and of the context budget with document passages; the question is
+embedded once for both. Blocking work runs in threads.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.base import Embedder, IngestResult, Passage
+from rag.base import CorrectionNote, Embedder, IngestResult, Passage, embed_query
 from rag.chroma import ChunkCollection, make_client
 from rag.chunking import Chunker
 from rag.errors import KnowledgeError
 from rag.ingest import Ingestion
+from rag.notes import Notes
 from rag.search import Search
 
 if TYPE_CHECKING:
@@ -37,12 +41,13 @@ class Knowledge:
     """:class:`rag.base.KnowledgeBase` on Chroma + SQLite. Create with :func:`open_knowledge`."""
 
     def __init__(self, cfg: RagConfig, storage: Path, store: Store, embedder: Embedder,
-                 chunks: ChunkCollection, chunker: Chunker) -> None:
+                 chunks: ChunkCollection, chunker: Chunker, notes: Notes) -> None:
         self.cfg = cfg
         self.store = store
         self.embedder = embedder
         self.chunker = chunker
         self._chunks = chunks
+        self._notes = notes
         self._search = Search(cfg, store, embedder, chunker, chunks)
         self._ingest = Ingestion(cfg, storage, store, embedder, chunker, chunks,
                                  on_change=self._search.invalidate)
@@ -50,12 +55,15 @@ class Knowledge:
     # ---- status ------------------------------------------------------------------------------
     @property
     def indexed_with(self) -> str:
-        """The embedding model the stored vectors come from."""
+        """The embedding model the stored vectors come from (the notes' if only they differ)."""
+        if self._chunks.indexed_with == self.embedder.name and self._notes.stale:
+            return self._notes.indexed_with
         return self._chunks.indexed_with
 
     @property
     def needs_reindex(self) -> bool:
-        """True when the stored vectors come from another model than the configured one."""
+        """True when stored vectors (chunks or notes) come from another model than the
+        configured one."""
         return self.indexed_with != self.embedder.name
 
     @property
@@ -65,6 +73,10 @@ class Knowledge:
 
     async def count(self) -> int:
         return await asyncio.to_thread(self._chunks.count)
+
+    async def note_count(self) -> int:
+        """Number of correction notes stored (never counted as chunks or sources)."""
+        return await asyncio.to_thread(self._notes.count)
 
     async def sources(self) -> list[KbSource]:
         return await self.store.kb_sources()
@@ -103,13 +115,46 @@ class Knowledge:
         return await self._ingest.remove_by_uploader(by)
 
     async def reindex(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Re-embed every chunk with the configured embedder into a fresh collection, then swap."""
-        return await self._ingest.reindex(progress)
+        """Re-embed every chunk (then every correction note) with the configured embedder into a
+        fresh collection, then swap; returns the number of chunks."""
+        count = await self._ingest.reindex(progress)
+        await self._notes.reindex()
+        return count
 
-    # ---- reads (rag.search) ------------------------------------------------------------------
+    # ---- correction notes (rag.notes) --------------------------------------------------------
+    async def add_note(self, note: CorrectionNote) -> None:
+        """Store a correction as a note (replacing that answer's); no-op when notes are off."""
+        await self._notes.add(note)
+
+    async def remove_note(self, answer_id: int) -> bool:
+        """Remove the note of that answer; False when there was none."""
+        return await self._notes.remove(answer_id)
+
+    async def forget_notes(self, user_id: int) -> int:
+        """Remove every note the user asked or corrected (for /forget); how many."""
+        return await self._notes.forget(user_id)
+
+    # ---- reads (rag.search, rag.notes) -------------------------------------------------------
     async def search(self, query: str, k: int | None = None) -> list[Passage]:
-        """Relevant passages, best first; empty when nothing passes the thresholds."""
-        return await self._search.search(query, k)
+        """Relevant passages, best first: matching correction notes, then document passages;
+        at most ``k`` (default ``[rag] top_k``) within ``[rag] context_tokens``."""
+        query = query.strip()
+        if not query:
+            return []
+        k = k or self.cfg.top_k
+        if not self.cfg.correction_notes or self._notes.stale:
+            return await self._search.search(query, k)
+        qvec, notes, used = await asyncio.to_thread(self._match_notes, query, k)
+        if len(notes) >= k:
+            return notes
+        return notes + await self._search.search(query, k - len(notes),
+                                                 budget=self.cfg.context_tokens - used, qvec=qvec)
+
+    def _match_notes(self, query: str, k: int) -> tuple[list[float], list[Passage], int]:
+        """The question's vector, its notes, and the context tokens they use."""
+        qvec = embed_query(self.embedder, query)
+        notes = self._notes.match(qvec, k, self.cfg.context_tokens)
+        return qvec, notes, sum(self.chunker.count([p.text for p in notes])) if notes else 0
 
 
 def _open_sync(cfg: KnowledgeSettings, store: Store, embedder: Embedder | None) -> Knowledge:
@@ -137,10 +182,11 @@ def _open_sync(cfg: KnowledgeSettings, store: Store, embedder: Embedder | None) 
                       min(rag.chunk_overlap, chunk_tokens // 4))
     client = make_client(rag.chroma_url, storage / "chroma")
     chunks = ChunkCollection(client, rag.collection, embedder, rag.embedding_dtype)
+    notes = Notes(rag, client, embedder, chunker)
     log.info("knowledge base %s: %s, embedder %s", rag.collection,
              rag.chroma_url or storage / "chroma", embedder.name if embedder.name != EMBEDDED
              else "embedded all-MiniLM-L6-v2")
-    return Knowledge(rag, storage, store, embedder, chunks, chunker)
+    return Knowledge(rag, storage, store, embedder, chunks, chunker, notes)
 
 
 async def open_knowledge(cfg: KnowledgeSettings, store: Store, embedder: Embedder | None = None

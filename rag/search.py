@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm.threads import torch_serial_executor
-from rag.base import Embedder, Passage
+from rag.base import Embedder, Passage, embed_query
 from rag.chroma import ChunkCollection
 from rag.chunking import Chunker, embed_text
 from rag.keyword import KeywordIndex, tokenize
@@ -105,8 +105,13 @@ class Search:
                       {c: i for i, c in enumerate(rec.ids)})
 
     # ---- search ------------------------------------------------------------------------------
-    async def search(self, query: str, k: int | None = None) -> list[Passage]:
-        """Relevant passages, best first; empty when nothing passes the thresholds."""
+    async def search(self, query: str, k: int | None = None, *, budget: int | None = None,
+                     qvec: list[float] | None = None) -> list[Passage]:
+        """Relevant passages, best first; empty when nothing passes the thresholds.
+
+        ``budget`` is the context token budget (default ``[rag] context_tokens``); ``qvec`` the
+        query's vector when the caller already has it (:func:`rag.base.embed_query`).
+        """
         query = query.strip()
         if not query:
             return []
@@ -117,16 +122,17 @@ class Search:
             log.warning("the knowledge base was indexed with %r but [rag] embedding_model is %r: "
                         "using keyword search only until you run `nightowl kb reindex`",
                         self.chunks.indexed_with, self.embedder.name)
+        budget = self.cfg.context_tokens if budget is None else budget
         return await asyncio.get_running_loop().run_in_executor(
-            self._thread, self._search, query, k or self.cfg.top_k, mirror, dense_ok)
+            self._thread, self._search, query, k or self.cfg.top_k, mirror, dense_ok, budget,
+            qvec)
 
-    def _search(self, query: str, k: int, mirror: Mirror, dense_ok: bool) -> list[Passage]:
+    def _search(self, query: str, k: int, mirror: Mirror, dense_ok: bool, budget: int,
+                qvec: list[float] | None) -> list[Passage]:
         n_cand = max(4 * k, 20)
         cands: dict[str, dict[str, Any]] = {}
-        qvec: list[float] | None = None
         if dense_ok:
-            embed_query = getattr(self.embedder, "embed_query", None)
-            qvec = embed_query(query) if embed_query else self.embedder.embed([query])[0]
+            qvec = qvec if qvec is not None else embed_query(self.embedder, query)
             for rank, (cid, doc, meta, sim) in enumerate(self._dense(qvec, n_cand, mirror)):
                 cands[cid] = {"text": doc, "meta": meta, "dense": sim,
                               "rrf": 1.0 / (RRF_K + rank + 1)}
@@ -148,7 +154,7 @@ class Search:
                 score = max(dense if dense is not None else 0.0, kw)
                 kept.append((c["rrf"], min(max(score, 0.0), 1.0), cid, c))
         kept.sort(key=lambda t: -t[0])
-        return self._select(kept, k)
+        return self._select(kept, k, budget)
 
     def _dense(self, qvec: list[float], n: int, mirror: Mirror
                ) -> list[tuple[str, str, dict[str, Any], float]]:
@@ -189,12 +195,11 @@ class Search:
         for cid, emb in zip(got["ids"], got["embeddings"], strict=True):
             cands[cid]["dense"] = float(np.asarray(emb, dtype=np.float32) @ q)
 
-    def _select(self, kept: list[tuple[float, float, str, dict[str, Any]]], k: int
-                ) -> list[Passage]:
+    def _select(self, kept: list[tuple[float, float, str, dict[str, Any]]], k: int,
+                budget: int) -> list[Passage]:
         """Drop near-duplicates (MMR-like) and fit the context token budget."""
         chosen: list[Passage] = []
         seen: list[set[str]] = []
-        budget = self.cfg.context_tokens
         used = 0
         for _rrf, score, cid, c in kept:
             if len(chosen) >= k:
@@ -207,7 +212,7 @@ class Search:
             if used + tokens > budget:
                 if chosen:
                     continue
-                c = {**c, "text": self._truncate(c["text"], budget)}
+                c = {**c, "text": self.chunker.truncate(c["text"], budget)}
                 if not c["text"]:
                     break
                 tokens = budget
@@ -217,10 +222,3 @@ class Search:
                                   section=str(meta.get("section", "")), score=score,
                                   chunk_id=cid))
         return chosen
-
-    def _truncate(self, text: str, tokens: int) -> str:
-        enc = self.chunker.tokenizer.encode(text, add_special_tokens=False)
-        if len(enc.ids) <= tokens:
-            return text
-        end = enc.offsets[tokens - 1][1] if tokens > 0 else 0
-        return text[:end].rstrip() + " …" if end else ""

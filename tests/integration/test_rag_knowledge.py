@@ -189,6 +189,30 @@ async def test_reindex_after_embedder_change(cfg: Config, store: Store, tmp_path
     assert f"{n}/{n} chunks 100%" in bar.getvalue() and lines[0].startswith(f"reindexed {n}")
 
 
+@pytest.mark.parametrize("emptied", [False, True])
+async def test_empty_store_takes_the_new_embedder(cfg: Config, store: Store, tmp_path: Path,
+                                                  emptied: bool) -> None:
+    """An empty collection opened with another embedder is made for it: not "indexed with" the
+    old model on the next start, and (once it held vectors of another size) still writable."""
+    old = await open_knowledge(cfg, store, embedder=HashEmbedder(64))
+    if emptied:
+        await old.ingest([DOCS / "error-codes.md"])
+        assert await old.remove("error-codes.md") and await old.count() == 0
+    await old.aclose()
+    kb = await open_knowledge(cfg, store)
+    assert not kb.needs_reindex and kb.indexed_with == "embedded"
+    doc = tmp_path / "shifts.md"
+    doc.write_text("# Shifts\n\nThe night shift starts at 22:00.\n")
+    assert [r.status for r in await kb.ingest([doc])] == ["added"]
+    await kb.aclose()
+    again = await open_knowledge(cfg, store)
+    assert not again.needs_reindex and again.indexed_with == "embedded"
+    assert again.collection.metadata["embedding_model"] == "embedded"
+    # Dense search is on: no word of this question is in the text.
+    top = await again.search("When do evening workers begin?")
+    assert top and top[0].source == "shifts.md"
+
+
 async def test_uploads_odd_names_and_forget(kb: Knowledge, cfg: Config, tmp_path: Path) -> None:
     res = await kb.ingest_bytes("../../etc/pa\x00ss wd?.md", b"# Notes\n\nThe vault code is "
                                 b"kept by Ana.\n", by="telegram:42")

@@ -15,6 +15,7 @@ import pytest
 
 from bot.config import Config
 from data.store import Store
+from rag.base import CorrectionNote
 from rag.errors import KnowledgeError
 from rag.knowledge import open_knowledge
 
@@ -83,6 +84,16 @@ async def test_server_round_trip(cfg: Config, store: Store, chroma_server: str) 
     assert await other.remove("faq.jsonl")
     assert await kb.search("Who approves travel expenses?") == []
     assert await kb.count() == n - 4
+    # Correction notes live on the server too: written by one client, matched by the other.
+    await kb.add_note(CorrectionNote(answer_id=7, owner_id=1, corrector_id=1, by="user",
+                                     at=time.time(), question="Who approves travel expenses?",
+                                     text="Travel expenses are approved by Dana in finance."))
+    asked = "Who needs to approve travel expense reports?"
+    top = (await other.search(asked))[0]
+    assert top.chunk_id == "note:7" and top.source.startswith("correction by the user, ")
+    assert await other.note_count() == 1 and await other.count() == n - 4
+    assert await other.forget_notes(1) == 1
+    assert [p.chunk_id for p in await kb.search(asked)] == []
 
 
 async def test_unreachable_server_is_a_clear_error(cfg: Config, store: Store) -> None:
