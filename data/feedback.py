@@ -10,19 +10,27 @@ import json
 import time
 
 from data.connection import Connection
+from data.reviews import live_correction_sql
 from data.rows import TrainingConversation, TrainingMessage
 
 
 class FeedbackTables(Connection):
     async def set_feedback(self, message_id: int, user_id: int, value: int) -> None:
+        """One rating per answer: the latest wins, with its rater (``user_id``). A changed
+        value drops an admin's decision on the old one (it was about a different rating)."""
         if value not in (-1, 1):
             raise ValueError("feedback value must be 1 or -1")
         now = time.time()
         async with self.transaction() as db:
             await db.execute(
+                "DELETE FROM reviews WHERE answer_id = ? AND correction_id IS NULL AND EXISTS "
+                "(SELECT 1 FROM feedback WHERE message_id = ? AND value != ?)",
+                (message_id, message_id, value))
+            await db.execute(
                 "INSERT INTO feedback (message_id, user_id, value, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET "
-                "value = excluded.value, updated_at = excluded.updated_at",
+                "value = excluded.value, user_id = excluded.user_id, "
+                "updated_at = excluded.updated_at",
                 (message_id, user_id, value, now, now))
 
     async def get_feedback(self, message_id: int) -> int | None:
@@ -43,17 +51,18 @@ class FeedbackTables(Connection):
 
     async def training_conversations(self) -> list[TrainingConversation]:
         """Every conversation of users who did not opt out: its finished messages, oldest first,
-        each with its rating and latest correction (for the dataset builder)."""
+        each with its rating and live correction (the latest one not rejected) and the
+        admins' decisions on them (for the dataset builder)."""
         rows = await self.db.execute_fetchall(
             "SELECT c.id, c.user_id, m.id, m.role, m.text, m.created_at, m.sources, f.value, "
             "k.id, k.text, k.origin, "
-            "(SELECT decision FROM reviews r WHERE r.answer_id = m.id AND r.correction_id IS NULL), "
+            "(SELECT decision FROM reviews r WHERE r.answer_id = m.id "
+            "AND r.correction_id IS NULL), "
             "rk.decision, rk.edited_text "
             "FROM conversations c JOIN users u ON c.user_id = u.id "
             "JOIN messages m ON m.conversation_id = c.id "
             "LEFT JOIN feedback f ON f.message_id = m.id "
-            "LEFT JOIN corrections k ON k.id = (SELECT MAX(id) FROM corrections "
-            "WHERE message_id = m.id) "
+            f"LEFT JOIN corrections k ON k.id = {live_correction_sql('m.id')} "
             "LEFT JOIN reviews rk ON rk.correction_id = k.id "
             "WHERE u.opted_out = 0 AND m.status = 'done' ORDER BY c.id, m.id")
         owners: dict[int, int] = {}

@@ -98,7 +98,7 @@ class TrainingMessage:
     created_at: float
     sources: list[dict[str, Any]] = field(default_factory=list)
     feedback: int | None = None  # 1 (👍), -1 (👎) or None (unrated)
-    correction: str | None = None  # the latest correction's text
+    correction: str | None = None  # the live correction's text (latest not rejected)
     correction_id: int | None = None
     correction_origin: str | None = None  # owner | admin | suggestion (see corrections.origin)
     # An admin's decision on this answer (its rating) and on its latest correction, if any:
@@ -115,3 +115,47 @@ class TrainingConversation:
     id: int
     user_id: int
     messages: tuple[TrainingMessage, ...]
+
+
+@dataclass(frozen=True)
+class AnswerOwner:
+    """An answer and who asked it: the store user of the answer's conversation."""
+
+    answer_id: int
+    user_id: int  # store id of the asker
+    platform: str
+    platform_user_id: str
+    display_name: str
+    chat_id: str
+    question: str  # the user turn this answers ("" if it is gone)
+    answer: str
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """Something an admin can approve or reject: a correction, or an answer's rating.
+
+    ``key`` is the short id ``/review`` shows and takes: ``c<correction id>`` or
+    ``a<answer id>`` (the answer's rating).
+    """
+
+    answer_id: int
+    correction_id: int | None
+    question: str
+    answer: str
+    owner: str  # display name of the asker
+    owner_id: int  # store id of the asker
+    author: str  # display name of who corrected or rated
+    author_id: int
+    text: str = ""  # the correction ("" for a rating)
+    origin: str = ""  # the correction's origin: owner | admin | suggestion ("" for a rating)
+    value: int | None = None  # the rating (1 or -1; None for a correction)
+    created_at: float = 0.0
+    decision: str | None = None  # approved | rejected | None (not decided yet)
+    reviewer: str = ""
+    edited: str | None = None  # the text an approval replaced the correction with
+    latest: bool = True  # False when a later correction of the same answer replaced it
+
+    @property
+    def key(self) -> str:
+        return f"c{self.correction_id}" if self.correction_id is not None else f"a{self.answer_id}"

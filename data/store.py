@@ -7,6 +7,7 @@ through its one ``transaction()``:
 - ``data.users``          users, opt-out, ``/forget``
 - ``data.conversations``  conversations, messages, platform message refs, retention
 - ``data.feedback``       ratings, corrections, and the conversations training reads
+- ``data.reviews``        who asked an answer; admins' decisions on corrections and ratings
 - ``data.runs``           training runs, the audit log, the key-value table
 - ``data.kb``             the knowledge base's source ledger
 
@@ -18,12 +19,14 @@ from __future__ import annotations
 from data.conversations import ConversationTables
 from data.feedback import FeedbackTables
 from data.kb import KbTables
+from data.reviews import ReviewTables
 from data.rows import StoreStats
 from data.runs import RunTables
 from data.users import UserTables
 
 
-class Store(UserTables, ConversationTables, FeedbackTables, RunTables, KbTables):
+class Store(UserTables, ConversationTables, FeedbackTables, ReviewTables, RunTables,
+            KbTables):
     """Use as ``async with Store(path) as store:``; ``path`` may be ``":memory:"`` for tests."""
 
     async def stats(self) -> StoreStats:

@@ -4,7 +4,8 @@ The /help text, the Telegram command menus and the Discord slash commands (user 
 /admin group) are generated from :data:`COMMANDS`; every platform runs a command through
 ``Core.command``, which checks admin rights and audits admin commands (refusals included).
 Adding a chat command is one :class:`Command` entry plus one handler in
-:mod:`bot.core.handlers` (plus the README row).
+:mod:`bot.core.handlers` (ratings and corrections: :mod:`bot.core.trust`; ``/review``:
+:mod:`bot.core.review`) plus the README row.
 
 ``/ask`` is not a command: it sends its text to the conversation (``Core.handle``) in chats where
 a plain message is not addressed to the bot; platforms list it as :data:`ASK`.
@@ -15,13 +16,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from bot.core.context import CommandContext
 from bot.core.handlers import (
-    CommandContext,
     adapters,
-    bad,
-    correct,
     forget_request,
-    good,
     ingest,
     new,
     optin,
@@ -33,6 +31,8 @@ from bot.core.handlers import (
     status,
 )
 from bot.core.messages import CommandResult, Incoming
+from bot.core.review import review
+from bot.core.trust import bad, correct, good
 
 TELEGRAM, DISCORD = "telegram", "discord"
 EVERY_MENU = frozenset({TELEGRAM, DISCORD})
@@ -109,6 +109,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("probe", "Manage the regression probes used to gate training", probe, admin=True,
             text=TextArg("text", "add: QUESTION => EXPECTED; remove: N", required=False,
                          verbs=("list", "add", "remove"))),
+    Command("review", "Approve or reject suggestions, ratings and a waiting adapter", review,
+            admin=True, text=TextArg("text", "ID (c12, a7, candidate); for edit: ID NEW TEXT",
+                                     required=False,
+                                     verbs=("list", "approve", "reject", "edit"))),
 )
 BY_NAME = {c.name: c for c in COMMANDS}
 

@@ -1,9 +1,10 @@
 """The core's config sections: ``[chat]``, ``[limits]``, ``[moderation]``, ``[metrics]``.
 
 :class:`CoreSettings` is what :class:`bot.core.Core` reads: any object with these sections plus
-``[model]`` and ``[rag]`` and a ``secret_values()`` (the bot's composed ``Config`` is one), so
-the core never imports the loader. ``setting``/``list_setting`` are the field helpers every
-section uses (``llm.config``'s), named here so a platform's section needs only ``bot.core``.
+``[model]``, ``[rag]`` and ``[training]`` (its review rule) and a ``secret_values()`` (the bot's
+composed ``Config`` is one), so the core never imports the loader. ``setting``/``list_setting``
+are the field helpers every section uses (``llm.config``'s), named here so a platform's section
+needs only ``bot.core``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Protocol
 
 from llm.config import ModelConfig, list_setting, setting
 from rag.config import RagConfig
+from training.config import TrainingConfig
 
 __all__ = ["ChatConfig", "CoreSettings", "LimitsConfig", "MetricsConfig", "ModerationConfig",
            "list_setting", "setting"]
@@ -59,6 +61,9 @@ class CoreSettings(Protocol):
 
     @property
     def rag(self) -> RagConfig: ...
+
+    @property
+    def training(self) -> TrainingConfig: ...
 
     @property
     def limits(self) -> LimitsConfig: ...

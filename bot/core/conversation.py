@@ -1,7 +1,8 @@
 """The platform-neutral core: one message's path, and the door every command goes through.
 
 A platform turns an event into an :class:`Incoming` and gives :meth:`Core.handle` a
-:class:`Renderer`. One message's path: clean the text → rate limit → moderation → (per chat and
+:class:`Renderer`. One message's path: clean the text → rate limit (not for admins and the
+terminal's operator) → moderation → (per chat and
 user, one at a time) store the user turn, committed before generation → history → retrieve →
 prompt → stream into the renderer → store the answer with its sources. Commands go through
 :meth:`Core.command` (the table in :mod:`bot.core.commands`). Every platform gets the same
@@ -18,9 +19,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from bot.core import commands, handlers
+from bot.core import commands, handlers, trust
 from bot.core.bounded import KeyedLocks
 from bot.core.config import CoreSettings
+from bot.core.context import Learning
 from bot.core.errors import USER_ERRORS
 from bot.core.limits import RateLimiter
 from bot.core.messages import CommandResult, DeliveryReport, Incoming, Notifier, Renderer, Reply
@@ -53,7 +55,7 @@ class Core:
 
     def __init__(self, cfg: CoreSettings, store: Store, model: ChatModel,
                  knowledge: KnowledgeBase | Retriever | None = None,
-                 learning: handlers.Learning | None = None, *, guard: Guards | None = None,
+                 learning: Learning | None = None, *, guard: Guards | None = None,
                  limiter: RateLimiter | None = None, metrics: Metrics | None = None) -> None:
         self.cfg = cfg
         self.store = store
@@ -106,7 +108,8 @@ class Core:
         if not text:
             return await self._refuse(inc, renderer, EMPTY_REPLY, "empty")
         user_key = f"{inc.platform}:{inc.user_id}"
-        limited = self.limiter.check(user_key, f"{inc.platform}:{inc.chat_id}")
+        limited = None if inc.is_admin else self.limiter.check(user_key,
+                                                               f"{inc.platform}:{inc.chat_id}")
         if limited:
             return await self._refuse(inc, renderer, limited, "rate_limited")
         blocked = await self.guard.screen(text)
@@ -114,6 +117,8 @@ class Core:
             log.info("message refused by moderation", extra={"event": "moderation",
                                                               "reason": blocked})
             return await self._refuse(inc, renderer, MODERATED_REPLY, "moderated")
+        if inc.is_admin:  # the operator and admins are not rate-limited
+            return await self._handle(inc, renderer, text)
         self.limiter.begin(user_key)
         try:
             return await self._handle(inc, renderer, text)
@@ -290,8 +295,9 @@ class Core:
         return result
 
     async def feedback(self, inc: Incoming, answer_id: int, value: int) -> CommandResult:
-        """Record 👍 (1) or 👎 (-1) on an answer (the platforms' buttons)."""
-        return await handlers.feedback(self, inc, answer_id, value)
+        """Record 👍 (1) or 👎 (-1) on an answer (the platforms' buttons): its asker or an admin
+        only, whatever the platform says about the message (``bot.core.trust``)."""
+        return await trust.feedback(self, inc, answer_id, value)
 
     async def forget(self, inc: Incoming) -> CommandResult:
         """Delete everything stored about this user (after the platform's confirmation)."""

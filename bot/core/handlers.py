@@ -8,69 +8,14 @@ the user). ``Core.command`` has already checked admin rights; it audits admin co
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine
-from pathlib import Path
-from typing import Any, Protocol
 
-from bot.core.config import CoreSettings
+from bot.core.context import CommandContext, Learning, Outcome
 from bot.core.messages import CommandResult, Incoming
-from data.store import Store
-from llm.base import ChatModel
-from rag.base import KnowledgeBase, Retriever
+from bot.core.trust import forget_notes, target_answer
+
+__all__ = ["CommandContext", "Learning", "Outcome"]  # the protocols, for older imports
 
 log = logging.getLogger("nightowl.core")
-
-
-class Outcome(Protocol):
-    """A retrain's report (``training.service.RetrainOutcome``)."""
-
-    text: str
-    ok: bool
-    files: list[Path]
-
-
-class Learning(Protocol):
-    """What the commands need from training/ (``training.service.LearningService``)."""
-
-    @property
-    def running(self) -> bool: ...
-
-    async def retrain(self, trigger: str = "manual") -> Outcome: ...
-
-    async def rollback(self, version: str | None) -> str: ...
-
-    def adapters_text(self) -> str: ...
-
-    def probe(self, args: str) -> str: ...
-
-    async def purge_texts(self, texts: list[str]) -> int:
-        """/forget: drop a user's lines from dataset files on disk; returns lines removed."""
-        ...
-
-
-class CommandContext(Protocol):
-    """What a handler may use: the core's services (``bot.core.Core`` is one)."""
-
-    @property
-    def cfg(self) -> CoreSettings: ...
-
-    @property
-    def store(self) -> Store: ...
-
-    @property
-    def model(self) -> ChatModel: ...
-
-    @property
-    def knowledge(self) -> KnowledgeBase | Retriever | None: ...
-
-    @property
-    def learning(self) -> Learning | None: ...
-
-    async def notify_admins(self, text: str, files: list[Path] | None = None) -> None: ...
-
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` in the background (awaited at shutdown)."""
-        ...
 
 
 # ---- user commands --------------------------------------------------------------------------
@@ -80,22 +25,9 @@ async def new(ctx: CommandContext, inc: Incoming, args: str) -> CommandResult:
     return CommandResult("Started a new conversation. Earlier messages are no longer used.")
 
 
-async def target_answer(ctx: CommandContext, inc: Incoming) -> int | None:
-    """The answer a command refers to: the one replied to, else the last in this chat."""
-    store = ctx.store
-    if inc.reply_to_message_id:
-        msg = await store.find_by_platform_id(inc.platform, inc.chat_id, inc.reply_to_message_id)
-        if msg is not None and msg.role == "assistant":
-            return msg.id
-    user = await store.ensure_user(inc.platform, inc.user_id, inc.display_name)
-    last = await store.last_answer(await store.active_conversation(user.id, inc.platform,
-                                                                   inc.chat_id))
-    return last.id if last else None
-
-
 async def sources(ctx: CommandContext, inc: Incoming, args: str) -> CommandResult:
-    aid = await target_answer(ctx, inc)
-    msg = await ctx.store.get_message(aid) if aid else None
+    target = await target_answer(ctx, inc)  # answers are public in their chat: any asker's
+    msg = await ctx.store.get_message(target.answer_id) if target else None
     if msg is None:
         return CommandResult("There is no answer yet in this conversation.", ok=False)
     if not msg.sources:
@@ -106,45 +38,6 @@ async def sources(ctx: CommandContext, inc: Incoming, args: str) -> CommandResul
         snippet = " ".join(str(s.get("text", "")).split())[:300]
         lines.append(f"[{i}] {label} (score {s.get('score', 0):.2f})\n{snippet}")
     return CommandResult("\n\n".join(lines))
-
-
-async def feedback(ctx: CommandContext, inc: Incoming, answer_id: int,
-                   value: int) -> CommandResult:
-    """Record 👍 (1) or 👎 (-1) on an answer; pressing again changes it."""
-    msg = await ctx.store.get_message(answer_id)
-    if msg is None or msg.role != "assistant":
-        return CommandResult("That answer no longer exists.", ok=False)
-    user = await ctx.store.ensure_user(inc.platform, inc.user_id, inc.display_name)
-    await ctx.store.set_feedback(answer_id, user.id, value)
-    return CommandResult("Thanks — recorded 👍." if value > 0 else
-                         "Thanks — recorded 👎. Use /correct TEXT to give the right answer.")
-
-
-async def _rate(ctx: CommandContext, inc: Incoming, value: int) -> CommandResult:
-    aid = await target_answer(ctx, inc)
-    if aid is None:
-        return CommandResult("There is no answer to rate yet.", ok=False)
-    return await feedback(ctx, inc, aid, value)
-
-
-async def good(ctx: CommandContext, inc: Incoming, args: str) -> CommandResult:
-    return await _rate(ctx, inc, 1)
-
-
-async def bad(ctx: CommandContext, inc: Incoming, args: str) -> CommandResult:
-    return await _rate(ctx, inc, -1)
-
-
-async def correct(ctx: CommandContext, inc: Incoming, args: str) -> CommandResult:
-    if not args:
-        return CommandResult("Usage: /correct THE RIGHT ANSWER (reply to an answer, or it "
-                             "applies to the last one).", ok=False)
-    aid = await target_answer(ctx, inc)
-    if aid is None:
-        return CommandResult("There is no answer to correct yet.", ok=False)
-    user = await ctx.store.ensure_user(inc.platform, inc.user_id, inc.display_name)
-    await ctx.store.add_correction(aid, user.id, args)
-    return CommandResult("Thanks — I'll learn this correction in the next training run.")
 
 
 async def optout(ctx: CommandContext, inc: Incoming, args: str) -> CommandResult:
@@ -171,6 +64,7 @@ async def forget(ctx: CommandContext, inc: Incoming) -> CommandResult:
     if user is None:
         return CommandResult("There is nothing stored about you.")
     texts = await ctx.store.user_texts(user.id)
+    notes_problem = await forget_notes(ctx, user.id)  # before the rows: it needs nothing else
     counts = await ctx.store.forget_user(user.id)
     if ctx.learning is not None:
         try:
@@ -185,6 +79,7 @@ async def forget(ctx: CommandContext, inc: Incoming) -> CommandResult:
         except Exception:
             log.exception("could not remove the uploads of a forgotten user")
     note = f"\nRemoved {len(uploads)} uploaded document(s)." if uploads else ""
+    note += notes_problem
     if ctx.learning is not None and ctx.learning.adapters_text().strip():
         note += ("\nAdapters trained before today may still reflect your past "
                  "conversations; an admin can retrain without them.")

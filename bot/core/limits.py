@@ -1,5 +1,7 @@
 """Per-user and per-chat token buckets and a per-user concurrency cap.
 
+``Core.handle`` does not apply them to admins or the terminal's operator (``Incoming.is_admin``).
+
 The buckets are bounded (:class:`bot.core.bounded.LruDict`, least recently used dropped first): a
 dropped bucket comes back full, which only forgets an idle sender's recent messages.
 """
@@ -44,9 +46,11 @@ class RateLimiter:
         self._buckets: LruDict[tuple[str, str], Bucket] = LruDict(MAX_BUCKETS)
         self._active: dict[str, int] = {}
 
-    def _bucket(self, key: tuple[str, str], per_minute: float, burst: float) -> Bucket:
-        return self._buckets.get_or_create(
-            key, lambda: Bucket(burst, per_minute / 60.0, burst, self.clock()))
+    def _bucket(self, key: tuple[str, str], per_minute: float, burst: float,
+                now: float) -> Bucket:
+        # a new bucket starts full *at now*: created later than ``now`` it would start in debt
+        return self._buckets.get_or_create(key, lambda: Bucket(burst, per_minute / 60.0, burst,
+                                                               now))
 
     def check(self, user_key: str, chat_key: str) -> str | None:
         """None if allowed, else a polite message saying when to try again."""
@@ -54,12 +58,12 @@ class RateLimiter:
         c = self.cfg
         if self._active.get(user_key, 0) >= c.max_concurrent_per_user:
             return "⏳ I'm still answering your previous messages; please wait for them."
-        user = self._bucket(("user", user_key), c.user_messages_per_minute, c.user_burst)
+        user = self._bucket(("user", user_key), c.user_messages_per_minute, c.user_burst, now)
         wait = user.take(now)
         if not wait:
             chat_burst = max(c.user_burst, c.chat_messages_per_minute / 6)
             wait = self._bucket(("chat", chat_key), c.chat_messages_per_minute,
-                                chat_burst).take(now)
+                                chat_burst, now).take(now)
             if wait:  # give the user's token back: the chat limit refused this one
                 user.tokens += 1.0
         if wait:

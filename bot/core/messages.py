@@ -49,12 +49,23 @@ class Reply:
     answer: str = ""  # the model's answer alone (what was streamed), without footer/notices
 
 
+@dataclass(frozen=True)
+class Button:
+    """A button under a command's result that runs ``/command args`` for whoever presses it,
+    through ``Core.command`` (so admin rights are checked and audited as for typed commands)."""
+
+    label: str
+    command: str
+    args: str
+
+
 @dataclass
 class CommandResult:
     text: str
     ok: bool = True
     confirm: str | None = None  # if set, the adapter asks for confirmation of this action
     files: list[Path] = field(default_factory=list)  # e.g. a training plot to attach
+    buttons: list[tuple[Button, ...]] = field(default_factory=list)  # rows of buttons, if any
 
 
 class Renderer(Protocol):

@@ -1,8 +1,12 @@
-"""The persistent buttons: 👍/👎 under an answer, and the /forget confirmation.
+"""The persistent buttons: 👍/👎 under an answer, the /forget confirmation, command buttons.
 
 Each is a ``DynamicItem`` whose custom id carries its state, so it works after a restart; the
 client registers :data:`KNOWN_COMPONENTS` once. A button owns its ``interaction_check`` (as in
-discord.py's ``views/persistent.py``): the /forget buttons answer only the user who asked.
+discord.py's ``views/persistent.py``): the /forget buttons answer only the user who asked. Who
+may rate is the core's decision (the asker or an admin), so a 👍 pressed by another member is
+refused there. A command button (a result's :class:`bot.core.Button`, e.g. ``/review approve
+c12``) runs its command through ``Core.command`` as the presser, who needs the same rights as to
+type it (checked and audited by the core).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import discord
 from discord import ui
 
+from bot.core import Button
 from bot.discord.format import split_message
 from bot.discord.port import Interaction, port_of
 
@@ -109,7 +114,43 @@ def forget_view(user_id: int) -> ui.View:
     return view
 
 
-KNOWN_COMPONENTS = (FeedbackButton, ForgetButton)
+class CommandButton(ui.DynamicItem[ui.Button[Any]],
+                    template=r"nightowl:cmd:(?P<name>[a-z]+):(?P<args>[a-z0-9 ]{1,80})"):
+    """Runs ``/name args`` for the presser (see the module docstring); the answer is ephemeral."""
+
+    def __init__(self, name: str, args: str, label: str = "", row: int | None = None) -> None:
+        super().__init__(ui.Button(style=discord.ButtonStyle.secondary, label=label or args,
+                                   custom_id=f"nightowl:cmd:{name}:{args}", row=row))
+        self.name = name
+        self.args = args
+
+    @classmethod
+    async def from_custom_id(cls, interaction: Interaction, item: ui.Item[Any],
+                             match: re.Match[str], /) -> CommandButton:
+        return cls(match["name"], match["args"])
+
+    async def callback(self, interaction: Interaction) -> None:
+        port = port_of(interaction)
+        try:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            inc = port.incoming(interaction.user, interaction.channel_id or 0, "")
+            result = await port.core.command(inc, self.name, self.args)
+            first = next(iter(split_message(result.text)), "…")
+            await interaction.followup.send(first, ephemeral=True)
+        except Exception:
+            await port.report_error("button " + self.custom_id, interaction)
+
+
+def command_view(rows: list[tuple[Button, ...]]) -> ui.View:
+    """A result's buttons (at most 5 rows of 5, Discord's limit)."""
+    view = ui.View(timeout=None)
+    for i, row in enumerate(rows[:5]):
+        for b in row[:5]:
+            view.add_item(CommandButton(b.command, b.args, b.label, row=i))
+    return view
+
+
+KNOWN_COMPONENTS = (FeedbackButton, ForgetButton, CommandButton)
 
 
 def is_known_component(custom_id: str) -> bool:

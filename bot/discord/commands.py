@@ -22,7 +22,7 @@ from discord import app_commands
 from bot.core import Attachment
 from bot.core.commands import ASK, DISCORD, Command, in_menu
 from bot.discord.attachments import attachment_problem
-from bot.discord.buttons import forget_view
+from bot.discord.buttons import command_view, forget_view
 from bot.discord.format import split_message
 from bot.discord.port import DiscordPort, Interaction
 from bot.discord.render import InteractionRenderer
@@ -66,7 +66,8 @@ async def run(port: DiscordPort, interaction: Interaction, cmd: Command, args: s
                            problem=problem or ""),)
     inc = port.incoming(interaction.user, interaction.channel_id or 0, args, attachments=atts)
     result = await port.core.command(inc, cmd.name, args)
-    view = forget_view(interaction.user.id) if result.confirm == "forget" else None
+    view = (forget_view(interaction.user.id) if result.confirm == "forget" else
+            command_view(result.buttons) if result.buttons else None)
     files = [discord.File(p) for p in result.files if p.exists()]
     await tell(interaction, result.text, files=files, view=view)
 

@@ -21,10 +21,13 @@ from bot.core.commands import ASK
 from bot.core.text import split_command
 from bot.telegram.config import TelegramConfig
 from bot.telegram.keyboards import (
+    command_keyboard,
     confirm_keyboard,
     feedback_keyboard,
+    parse_command,
     parse_confirm,
     parse_feedback,
+    without_row,
 )
 from bot.telegram.sender import Sender
 from bot.telegram.stream import TelegramRenderer
@@ -124,7 +127,8 @@ class UpdateHandlers:
         await self.core.handle(self.incoming(update, text), renderer)
 
     async def send_result(self, msg: Message, result: CommandResult, user_id: int) -> None:
-        markup = confirm_keyboard(result.confirm, user_id) if result.confirm else None
+        markup = (confirm_keyboard(result.confirm, user_id) if result.confirm else
+                  command_keyboard(result.buttons) if result.buttons else None)
         await self.sender.send_text(msg.chat_id, result.text, reply_to=self._reply_to(msg),
                                     markup=markup)
         for path in result.files:
@@ -236,7 +240,8 @@ class UpdateHandlers:
             await self.sender.send_text(msg.chat_id, MEDIA_REPLY, reply_to=self._reply_to(msg))
 
     async def on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """👍/👎 and confirmation buttons; stale or forged data is answered, then ignored."""
+        """👍/👎, confirmation and command buttons; stale or forged data (not on the message's
+        own keyboard) is answered, then ignored."""
         query = update.callback_query
         if query is None:
             return
@@ -249,6 +254,8 @@ class UpdateHandlers:
                 note = await self._feedback_press(update, msg, data)
             elif data.startswith("cf:"):
                 note = await self._confirm_press(update, msg, data)
+            elif data.startswith("cmd:"):
+                note = await self._command_press(update, msg, data)
         else:
             log.info("ignored stale or forged button data %r from user %s", data[:64], user.id)
         try:
@@ -262,13 +269,24 @@ class UpdateHandlers:
         press = parse_feedback(data)
         if press is None:
             return STALE
-        asker = msg.reply_to_message.from_user if msg.reply_to_message else None
-        if msg.chat.type != "private" and asker is not None and asker.id != user.id:
-            return "Only the person who asked can rate this answer."
+        # the core decides who may rate (the asker or an admin), from the store: split, re-sent
+        # and recovered answers carry no reply_to_message to judge by
         result = await self.core.feedback(self.incoming(update, ""), press.answer_id, press.value)
         if result.ok:
             await self.sender.edit_markup(msg.chat_id, msg.message_id,
                                           feedback_keyboard(press.answer_id, press.value))
+        return result.text
+
+    async def _command_press(self, update: Update, msg: Message, data: str) -> str:
+        """A result's button (``/review approve c12``): the command, as if the presser typed it
+        (the core checks admin rights and audits); a done row leaves the keyboard."""
+        press = parse_command(data)
+        if press is None:
+            return STALE
+        result = await self.core.command(self.incoming(update, ""), press.command, press.args)
+        if result.ok and msg.reply_markup is not None:
+            await self.sender.edit_markup(msg.chat_id, msg.message_id,
+                                          without_row(msg.reply_markup, data))
         return result.text
 
     async def _confirm_press(self, update: Update, msg: Message, data: str) -> str:

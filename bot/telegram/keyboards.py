@@ -1,8 +1,10 @@
 """Inline keyboards and their callback data: the one place that writes and reads them.
 
 ``fb:<answer id>:<1|-1>`` rates an answer; ``cf:<action>:<user id>:<yes|no>`` confirms an action
-(only ``forget`` today) for the user who asked. Parsing returns None for anything else, so stale
-or forged data is recognised in one place.
+(only ``forget`` today) for the user who asked; ``cmd:<command>:<args>`` runs a command for whoever
+presses it (a result's :class:`bot.core.Button`, e.g. ``/review approve c12``; the core checks
+rights). Parsing returns None for anything else, so stale or forged data is recognised in one
+place.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+
+from bot.core import Button
+
+MAX_DATA = 64  # Telegram's limit on callback_data, in bytes
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,12 @@ class ConfirmPress:
     action: str
     user_id: str
     yes: bool
+
+
+@dataclass(frozen=True)
+class CommandPress:
+    command: str
+    args: str
 
 
 def feedback_keyboard(answer_id: int, chosen: int | None = None) -> InlineKeyboardMarkup:
@@ -55,3 +67,30 @@ def parse_confirm(data: str) -> ConfirmPress | None:
     if len(parts) != 4 or parts[0] != "cf":
         return None
     return ConfirmPress(parts[1], parts[2], parts[3] == "yes")
+
+
+def command_data(button: Button) -> str:
+    data = f"cmd:{button.command}:{button.args}"
+    if len(data.encode()) > MAX_DATA:
+        raise ValueError(f"button data {data!r} is longer than Telegram's {MAX_DATA} bytes")
+    return data
+
+
+def command_keyboard(rows: list[tuple[Button, ...]]) -> InlineKeyboardMarkup:
+    """A result's buttons, one keyboard row per row."""
+    return InlineKeyboardMarkup([[InlineKeyboardButton(b.label, callback_data=command_data(b))
+                                  for b in row] for row in rows])
+
+
+def parse_command(data: str) -> CommandPress | None:
+    parts = data.split(":", 2)
+    if len(parts) != 3 or parts[0] != "cmd" or not parts[1].isalpha():
+        return None
+    return CommandPress(parts[1], parts[2])
+
+
+def without_row(markup: InlineKeyboardMarkup, data: str) -> InlineKeyboardMarkup | None:
+    """``markup`` without the row holding the button ``data`` (None when nothing is left)."""
+    rows = [list(row) for row in markup.inline_keyboard
+            if not any(b.callback_data == data for b in row)]
+    return InlineKeyboardMarkup(rows) if rows else None

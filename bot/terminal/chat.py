@@ -1,6 +1,8 @@
 """The terminal adapter: ``nightowl chat`` (interactive or piped) and ``nightowl ask``.
 
-The terminal user is the local operator, so admin commands are allowed here.
+The terminal user is the local operator: an admin (admin commands are allowed; their ratings and
+corrections count as an admin's) and not rate-limited, so a piped session is processed line by
+line, every line answered.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ class FakeLearning:
         self.retrains = 0
         self.probes: list[str] = []
         self.purged: list[str] = []
+        self.candidate: str | None = None  # a candidate waiting for an admin ([training] promote)
+        self.decisions: list[tuple[str, str]] = []  # (approved|rejected, by)
         self._running = False
 
     @property
@@ -67,3 +69,19 @@ class FakeLearning:
     async def purge_texts(self, texts: list[str]) -> int:
         self.purged.extend(texts)
         return len(texts)
+
+    def waiting_candidate(self) -> str | None:
+        return self.candidate
+
+    async def approve_candidate(self, by: str) -> str:
+        return self._decide("approved", by)
+
+    async def reject_candidate(self, by: str) -> str:
+        return self._decide("rejected", by)
+
+    def _decide(self, decision: str, by: str) -> str:
+        if self.candidate is None:
+            return "No candidate adapter is waiting for approval."
+        self.decisions.append((decision, by))
+        name, self.candidate = self.candidate, None
+        return f"Candidate {name} {decision}."

@@ -220,7 +220,7 @@ async def test_commands_synced_only_when_changed(discord_env: DiscordEnv) -> Non
     assert names == {"ask", "new", "sources", "correct", "optout", "optin", "forget", "admin"}
     admin = next(c for c in fake.commands["global"] if c["name"] == "admin")
     assert {o["name"] for o in admin["options"]} == {"status", "retrain", "rollback", "adapters",
-                                                     "ingest", "probe"}
+                                                     "ingest", "probe", "review"}
     assert all(c["description"] for c in fake.commands["global"])
 
     bot = await env.start(restart=True)

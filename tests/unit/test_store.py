@@ -76,6 +76,61 @@ async def test_feedback_upserts_and_corrections(store: Store) -> None:
     assert answer.correction == "better" and answer.feedback == -1
 
 
+async def test_feedback_upsert_records_the_latest_rater(store: Store) -> None:
+    ann = await store.ensure_user("telegram", "1", "Ann")
+    bob = await store.ensure_user("telegram", "2", "Bob")
+    conv = await store.active_conversation(ann.id, "telegram", "g")
+    q = await store.add_message(conv, "user", "q", status="pending")
+    a = await store.answer(q, conv, "a", model="m", adapter=None, latency_s=0.1)
+    await store.set_feedback(a, bob.id, 1)
+    await store.set_feedback(a, ann.id, -1)
+    rows = list(await store.db.execute_fetchall("SELECT user_id, value FROM feedback"))
+    assert rows == [(ann.id, -1)]
+    await store.forget_user(bob.id)  # Bob's /forget no longer deletes Ann's rating
+    assert await store.get_feedback(a) == -1
+
+
+async def test_reviews_owner_pending_decisions_and_live_correction(store: Store) -> None:
+    ann = await store.ensure_user("telegram", "1", "Ann")
+    bob = await store.ensure_user("telegram", "2", "Bob")
+    conv = await store.active_conversation(ann.id, "telegram", "g")
+    q = await store.add_message(conv, "user", "the question", status="pending")
+    a = await store.answer(q, conv, "the answer", model="m", adapter=None, latency_s=0.1)
+    owner = await store.answer_owner(a)
+    assert owner is not None and (owner.user_id, owner.platform_user_id, owner.chat_id,
+                                  owner.question) == (ann.id, "1", "g", "the question")
+    assert await store.answer_owner(q) is None  # a question is not an answer
+    mine = await store.add_correction(a, ann.id, "Ann's fix")
+    theirs = await store.add_correction(a, bob.id, "Bob's idea", origin="suggestion")
+    await store.set_feedback(a, ann.id, 1)
+    pending = await store.pending_reviews(everything=False)
+    assert [(i.key, i.author, i.owner, i.text) for i in pending] == [
+        (f"c{theirs}", "Bob", "Ann", "Bob's idea")]
+    everything = await store.pending_reviews(everything=True)
+    assert [i.key for i in everything] == [f"c{theirs}"]  # the rating is moot: a correction lives
+    old = await store.correction_item(mine)
+    assert old is not None and not old.latest
+    assert await store.add_review(a, theirs, "rejected", "telegram:9") == "recorded"
+    assert await store.add_review(a, theirs, "approved", "telegram:9") == "already_decided"
+    assert await store.add_review(a, 999, "approved", "telegram:9") == "missing"
+    live = await store.live_correction(a)
+    assert live is not None and live.correction_id == mine  # Ann's is live again
+    (answer,) = [m for m in (await store.training_conversations())[0].messages
+                 if m.role == "assistant"]
+    assert (answer.correction, answer.correction_review) == ("Ann's fix", None)
+    assert [i.key for i in await store.pending_reviews(everything=True)] == [f"c{mine}"]
+    assert await store.add_review(a, mine, "approved", "telegram:9", "Ann's fix, edited") == (
+        "recorded")
+    (answer,) = [m for m in (await store.training_conversations())[0].messages
+                 if m.role == "assistant"]
+    assert (answer.correction_review, answer.correction_edited) == ("approved",
+                                                                    "Ann's fix, edited")
+    assert await store.pending_reviews(everything=True) == []
+    await store.forget_user(ann.id)
+    assert list(await store.db.execute_fetchall("SELECT * FROM reviews")) == []
+    assert await store.add_review(a, None, "approved", "telegram:9") == "missing"
+
+
 async def test_opt_out_excludes_from_training(store: Store) -> None:
     user = await store.ensure_user("terminal", "x")
     conv = await store.active_conversation(user.id, "terminal", "c")
