@@ -1,13 +1,14 @@
 """Typed configuration: one object loaded once from ``config.toml`` and passed down.
 
 Each package owns its section next to the code that reads it (``[storage]`` in ``data.config``,
-``[model]`` in ``llm.config``, ``[rag]`` in ``rag.config``, ``[training]``/``[privacy]`` in
-``training.config``; the bot's own sections next to their readers: ``bot.core.config``,
-``bot.telegram.config``, ``bot.discord.config``, ``bot.logs``); this module composes them all
-into :class:`Config` and is the one TOML loader. Every setting is a dataclass field. Unknown keys,
-wrong types and out-of-range values are errors whose message names the file, the key and what
-is allowed. Secrets never live in the file: a
-``*_env`` setting names the environment variable that holds them.
+``[model]`` and ``[serve]`` in ``llm.config``, ``[rag]`` in ``rag.config``,
+``[training]``/``[privacy]`` in ``training.config``; the bot's own sections next to their
+readers: ``bot.core.config``, ``bot.telegram.config``, ``bot.discord.config``,
+``bot.logs``); this module composes them all into :class:`Config` and
+is the one TOML loader. Every setting is a dataclass field. Unknown keys, wrong types and
+out-of-range values are errors whose message names the file, the key and what is allowed.
+Secrets never live in the file: a ``*_env`` setting names the environment variable that holds
+them.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from bot.discord.config import DiscordConfig
 from bot.logs import LoggingConfig
 from bot.telegram.config import TelegramConfig
 from data.config import StorageConfig
-from llm.config import DEFAULT_SYSTEM_PROMPT, ModelConfig
+from llm.config import DEFAULT_SYSTEM_PROMPT, ModelConfig, ServeConfig
 from rag.config import RagConfig
 from training.config import PrivacyConfig, TrainingConfig
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "ChatConfig", "Config", "DiscordConfig", "LimitsConfig",
            "LoggingConfig", "MetricsConfig", "ModelConfig", "ModerationConfig", "PrivacyConfig",
-           "RagConfig", "StorageConfig", "TelegramConfig", "TrainingConfig", "load_config",
-           "parse_config"]
+           "RagConfig", "ServeConfig", "StorageConfig", "TelegramConfig", "TrainingConfig",
+           "load_config", "parse_config"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Config:
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     source: str = field(default="<defaults>", compare=False)
 
     def replace(self, **sections: Any) -> Config:
@@ -67,7 +69,8 @@ class Config:
 
     def secret_values(self) -> list[str]:
         """The values of every configured secret (to redact them from logs, store, datasets)."""
-        names = [self.telegram.token_env, self.discord.token_env, self.model.api_key_env]
+        names = [self.telegram.token_env, self.discord.token_env, self.model.api_key_env,
+                 self.serve.api_key_env]
         return [v for v in (self.secret(n) for n in names if n) if v and len(v) >= 6]
 
     def secret(self, env_name: str) -> str | None:

@@ -59,3 +59,25 @@ class ModelConfig:
         params = GenParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                            top_p=self.top_p, repetition_penalty=self.repetition_penalty)
         return dataclasses.replace(params, **overrides) if overrides else params
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``[serve]``: ``nightowl serve-openai``, the OpenAI-compatible server (llm.openai_server).
+
+    Safe by default: loopback only unless an API key is set, every route authenticated when it
+    is, adapters only from the registry, every request bounded.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = setting(8000, 0, 65_535)
+    api_key_env: str = "NIGHTOWL_API_KEY"
+    allowed_hosts: list[str] = list_setting()
+    max_adapters: int = setting(4, 0, 64)
+    max_messages: int = setting(256, 1, 100_000)
+    max_stop: int = setting(4, 0, 64)
+    max_stop_chars: int = setting(64, 1, 4_096)
+    max_tokens: int = setting(2_048, 1, 1_000_000)
+    max_body_bytes: int = setting(1_048_576, 1_024, 1_073_741_824)
+    allow_ignore_eos: bool = False
+    follow_active_s: float = setting(10.0, 0.1, 3_600.0)

@@ -1,18 +1,35 @@
 """Running and operating NightOwl: ``run``, ``status``, ``backup``, ``restore``,
-``serve-openai``."""
+``serve-openai``.
+
+``serve-openai`` serves the registry's ACTIVE adapter and follows it (promotions, rollbacks by
+another process) as ``nightowl run`` does; ``llm`` knows no registry, so the wiring is here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.app import db_path, open_store, prepare_environment, run_platforms
 from bot.cli.common import Subparsers, say_err
-from bot.config import Config
+from bot.config import Config, ServeConfig
 from bot.core import NightOwlError
 from data.store import Store
+from llm.base import ChatModel
+from llm.errors import ModelError
 from llm.factory import open_model
 from training.registry import Registry
+
+if TYPE_CHECKING:
+    from llm.openai_server import OpenAIServer
+
+log = logging.getLogger("nightowl.serve")
 
 
 def register(sub: Subparsers) -> None:
@@ -27,8 +44,13 @@ def register(sub: Subparsers) -> None:
     rs.add_argument("path")
     rs.set_defaults(run=restore)
     so = sub.add_parser("serve-openai", help="serve the model over an OpenAI-compatible API")
-    so.add_argument("--host", default="127.0.0.1")
-    so.add_argument("--port", type=int, default=8000)
+    so.add_argument("--host", help="address to listen on (default: [serve] host, 127.0.0.1); "
+                    "any other than loopback needs an API key")
+    so.add_argument("--port", type=int, help="port (default: [serve] port, 8000)")
+    so.add_argument("--api-key-env", metavar="NAME",
+                    help="environment variable holding the API key (default: [serve] "
+                    "api_key_env, NIGHTOWL_API_KEY); when it is set, every request needs "
+                    "'Authorization: Bearer KEY'")
     so.set_defaults(run=serve_openai)
 
 
@@ -91,14 +113,86 @@ async def restore(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-async def serve_openai(args: argparse.Namespace, cfg: Config) -> int:
-    from llm.openai_server import serve_openai as serve  # aiohttp's server only when serving
+def serve_settings(args: argparse.Namespace, cfg: Config) -> ServeConfig:
+    """``[serve]`` with the command line's --host, --port and --api-key-env on top."""
+    s = cfg.serve
+    return dataclasses.replace(
+        s, host=args.host if args.host is not None else s.host,
+        port=args.port if args.port is not None else s.port,
+        api_key_env=args.api_key_env or s.api_key_env)
 
+
+class ActiveFollower:
+    """Keeps ``model`` on the registry's ACTIVE adapter (at start, then every ``every_s``)."""
+
+    def __init__(self, model: ChatModel, registry: Registry, every_s: float,
+                 say: Callable[[str], None]) -> None:
+        self.model, self.registry, self.every_s, self.say = model, registry, every_s, say
+        self._refused: str | None = None  # a broken ACTIVE is reported once, not every poll
+
+    async def sync(self) -> bool:
+        """Switch to ACTIVE if it changed; True when switched. A broken one keeps the current."""
+        wanted = self.registry.active()
+        if wanted == self.model.active_adapter or (wanted is not None
+                                                   and wanted == self._refused):
+            return False
+        current = self.model.active_adapter or "base"
+        try:
+            path = self.registry.validate(wanted) if wanted else None
+            await self.model.set_adapter(path, wanted)
+        except (ModelError, OSError) as exc:
+            self._refused = wanted
+            log.error("ACTIVE points to %s but it cannot be loaded; serving %s: %s", wanted,
+                      current, exc)
+            self.say(f"Adapter {wanted} cannot be loaded; still serving {current} (see the log).")
+            return False
+        self._refused = None
+        self.say(f"Serving adapter {wanted or 'base'} (ACTIVE; was {current}).")
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.sync()
+            except Exception:
+                log.exception("following the active adapter failed")
+
+
+@contextlib.asynccontextmanager
+async def serving(cfg: Config, settings: ServeConfig,
+                  say: Callable[[str], None] = say_err) -> AsyncIterator[OpenAIServer]:
+    """The model on the ACTIVE adapter, served by an OpenAIServer, the follower running."""
+    from llm.openai_server import OpenAIServer  # aiohttp's server only when serving
+    from llm.serve.guard import check_bind
+
+    key = cfg.secret(settings.api_key_env) or ""
+    check_bind(settings.host, key, settings.api_key_env)  # before the model loads
     prepare_environment(cfg)
-    model = await open_model(cfg.model, cfg.storage.path, say=say_err)
-    say_err(f"Serving {model.name} at http://{args.host}:{args.port}/v1 (Ctrl+C to stop).")
+    registry = Registry(cfg.storage.path)
+    model = await open_model(cfg.model, cfg.storage.path, say=say)
     try:
-        await serve(model, args.host, args.port, defaults=cfg.model.gen_params())
+        follower = ActiveFollower(model, registry, settings.follow_active_s, say)
+        await follower.sync()
+        async with OpenAIServer(model, settings.host, settings.port, api_key=key,
+                                defaults=cfg.model.gen_params(), settings=settings,
+                                adapters_dir=registry.root) as server:
+            task = asyncio.create_task(follower.run())
+            try:
+                yield server
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         await model.aclose()
+
+
+async def serve_openai(args: argparse.Namespace, cfg: Config) -> int:
+    settings = serve_settings(args, cfg)
+    async with serving(cfg, settings) as server:
+        guarded = (f"API key required (${settings.api_key_env})" if server.api_key
+                   else f"no API key (${settings.api_key_env} is not set), loopback only")
+        say_err(f"Serving {server.model.name} at {server.base_url}, {guarded} (Ctrl+C to stop).")
+        await asyncio.Event().wait()
     return 0

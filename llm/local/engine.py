@@ -15,6 +15,8 @@ steps (:mod:`llm.local.worker`). Semantics:
   AdapterError and the previous adapter stays active.
 * ``load_adapter(path, version)`` loads an extra adapter without activating it; requests can ask
   for it (``stream(..., adapter=version)``), and it becomes the canary (:mod:`llm.canary`).
+* A loaded label is never re-pointed: ``set_adapter``/``load_adapter`` with a loaded version and
+  another folder raise AdapterError and change nothing.
 * ``StreamInfo.adapter`` is the version that actually answered (None = base model).
 * Greedy output in float32 is identical alone and in a batch (and equal to transformers'
   ``generate``); in bf16 a batched matmul may round differently and flip a near-tie.

@@ -4,8 +4,11 @@ Invariants:
 * Every method except the read-only ones (``active``, ``canary``, ``versions``, ``has``) runs on
   the worker thread, between two steps.
 * A request is *pinned* to the adapter chosen when it was admitted (``resolve``); a version that
-  is replaced or deactivated *retires* and is unloaded only once no running row uses it and it is
-  neither active nor the canary. So a hot swap never drops or switches a running answer.
+  is deactivated *retires* and is unloaded only once no running row uses it and it is neither
+  active nor the canary. So a hot swap never drops or switches a running answer.
+* A label names one folder while it is loaded: loading another folder under a loaded label is
+  refused (AdapterError), never a re-point, so whoever selects an adapter by label (the bot
+  through ``serve-openai``, a canary) keeps getting the weights it chose.
 * A failed load leaves everything as it was (the half-loaded peft adapter is removed) and says
   which adapter is kept.
 * On the CPU the active adapter is merged into the packed weights (:mod:`llm.local.prepack`): a
@@ -84,11 +87,17 @@ class AdapterSet:
         return version, self._adapters[version].name if version is not None else None
 
     def load(self, path: Path, version: str) -> str:
-        """Load ``path`` under a fresh peft name; return ``version``."""
+        """Load ``path`` under a fresh peft name; return ``version``. A loaded ``version``
+        with the same folder is kept as it is; with another folder it is refused."""
         known = self._adapters.get(version)
         if known is not None and known.path == path:
             self._retired.discard(version)
             return version
+        if known is not None:
+            kept = self._active or "the base model"
+            raise AdapterError(f"adapter label {version} is already loaded from other weights; "
+                               f"a label is never re-pointed ({kept} stays active). Give the "
+                               "new weights a new version.")
         self._seq += 1
         name = f"a{self._seq}"
         try:
@@ -109,9 +118,6 @@ class AdapterSet:
             raise AdapterError(f"adapter {version} at {path} could not be loaded ({exc}); "
                                f"kept {self._active or 'the base model'}. Re-train it or roll "
                                "back with `nightowl rollback`.") from exc
-        if known is not None:  # same label, new files: the old copy retires
-            self._retired.add(f"{version}@{known.name}")
-            self._adapters[f"{version}@{known.name}"] = known
         self._adapters[version] = Adapter(name, path)
         return version
 

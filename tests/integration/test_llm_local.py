@@ -362,14 +362,20 @@ def test_unloadable_model_id_says_what_to_do(tmp_path: Path) -> None:
 
 
 async def test_openai_backend_against_server_on_real_model(model: LocalChatModel,
-                                                           adapters: dict[str, Path]) -> None:
+                                                           adapters: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    import shutil
+
     from llm.openai_backend import OpenAIChatModel
     from llm.openai_server import OpenAIServer
+
+    registry = tmp_path / "adapters"  # the server loads only <storage>/adapters/vNNNN folders
+    shutil.copytree(adapters["vB"], registry / "v0002")
 
     q = "What do owls eat?"
     p = GenParams(max_new_tokens=6, temperature=0)
     direct, _ = await run(model, q, p, adapter=BASE)
-    async with OpenAIServer(model, "127.0.0.1", 0) as server:
+    async with OpenAIServer(model, "127.0.0.1", 0, adapters_dir=registry) as server:
         remote = OpenAIChatModel(ModelConfig(backend="openai", base_url=server.base_url,
                                              name="embedded", timeout_s=30))
         try:
@@ -378,10 +384,10 @@ async def test_openai_backend_against_server_on_real_model(model: LocalChatModel
             assert len(deltas) > 1 and "".join(deltas) == direct  # streamed, same greedy text
             assert info.completion_tokens >= 1 and info.finish_reason in ("stop", "length")
             # the vLLM-style runtime adapter loading goes through the real endpoint
-            await remote.set_adapter(adapters["vB"], "vB")
-            b_direct, _ = await run(model, q, p, adapter="vB")
+            await remote.set_adapter(registry / "v0002", "v0002")
+            b_direct, _ = await run(model, q, p, adapter="v0002")
             info = StreamInfo()
             via = "".join([d async for d in remote.stream(ask(q), p, info=info)])
-            assert (via, info.adapter) == (b_direct, "vB")
+            assert (via, info.adapter) == (b_direct, "v0002")
         finally:
             await remote.aclose()

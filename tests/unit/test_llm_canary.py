@@ -34,19 +34,19 @@ def test_no_share_or_the_active_itself_is_no_canary() -> None:
 
 async def test_openai_backend_routes_the_canary_share(tmp_path: Path) -> None:
     fake = FakeChatModel(name="served")
-    async with OpenAIServer(fake, "127.0.0.1", 0) as server:
+    async with OpenAIServer(fake, "127.0.0.1", 0, adapters_dir=tmp_path / "adapters") as server:
         remote = OpenAIChatModel(ModelConfig(backend="openai", base_url=server.base_url,
                                              name="served", timeout_s=5, canary_share=0.5))
         try:
-            await remote.set_adapter(fake_adapter(tmp_path / "v1"), "v1")
-            await remote.load_adapter(fake_adapter(tmp_path / "v2"), "v2")
+            await remote.set_adapter(fake_adapter(tmp_path / "adapters" / "v0001"), "v0001")
+            await remote.load_adapter(fake_adapter(tmp_path / "adapters" / "v0002"), "v0002")
             used = []
             for _ in range(4):
                 info = StreamInfo()
                 _ = [d async for d in remote.stream(MSGS, info=info)]
                 used.append(info.adapter)
-            assert used == ["v1", "v2", "v1", "v2"]
+            assert used == ["v0001", "v0002", "v0001", "v0002"]
             assert [c["adapter"] for c in fake.calls] == used  # the server saw the same
-            assert remote.stats()["canary"] == "v2"
+            assert remote.stats()["canary"] == "v0002"
         finally:
             await remote.aclose()
