@@ -140,7 +140,7 @@ def main() -> int:
     from training.job import TrainJob
 
     model_path = str(ensure_embedded_model(Path(opts.storage), say=lambda s: None))
-    settings = TrainingConfig(epochs=opts.epochs, grad_accum=1, warmup_steps=2)
+    settings = TrainingConfig(epochs=opts.epochs, grad_accum=1, warmup_steps=2, min_steps=0)
     rows = synthetic(opts.train + opts.eval, 7, DEFAULT_SYSTEM_PROMPT)
     train_rows, eval_rows = rows[:opts.train], rows[opts.train:]
     with tempfile.TemporaryDirectory() as tmp:

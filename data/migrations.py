@@ -115,4 +115,22 @@ CREATE TABLE reviews (
 );
 CREATE UNIQUE INDEX reviews_item ON reviews (answer_id, IFNULL(correction_id, 0));
 """),
+    ("0005_run_waiting", """
+CREATE TABLE training_runs_0005 (
+    id INTEGER PRIMARY KEY,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    trigger TEXT NOT NULL DEFAULT 'manual',
+    status TEXT NOT NULL CHECK (status IN ('running', 'promoted', 'rejected', 'skipped', 'failed',
+                                           'waiting')),
+    version TEXT,
+    parent TEXT,
+    summary TEXT NOT NULL DEFAULT '',
+    report TEXT NOT NULL DEFAULT '{}'
+);
+INSERT INTO training_runs_0005 SELECT id, started_at, finished_at, trigger, status, version, parent,
+    summary, report FROM training_runs;
+DROP TABLE training_runs;
+ALTER TABLE training_runs_0005 RENAME TO training_runs
+"""),
 ]

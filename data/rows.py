@@ -38,7 +38,7 @@ class TrainingRun:
     started_at: float
     finished_at: float | None
     trigger: str
-    status: str  # running | promoted | rejected | skipped | failed
+    status: str  # running | promoted | rejected | skipped | failed | waiting (for an admin)
     version: str | None
     parent: str | None
     summary: str

@@ -34,6 +34,12 @@ class RunTables(Connection):
                 (time.time(), status, version, parent, summary,
                  json.dumps(report or {}, ensure_ascii=False, default=str), run_id))
 
+    async def set_run_report(self, run_id: int, report: dict[str, Any]) -> None:
+        """Rewrite one run's report (``/forget`` removes a user's sampled questions from it)."""
+        async with self.transaction() as db:
+            await db.execute("UPDATE training_runs SET report = ? WHERE id = ?",
+                             (json.dumps(report, ensure_ascii=False, default=str), run_id))
+
     async def fail_stale_runs(self) -> int:
         """Mark runs left 'running' by a crashed process as failed."""
         async with self.transaction() as db:

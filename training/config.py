@@ -13,6 +13,9 @@ from data.config import StorageConfig
 from llm.config import ModelConfig, list_setting, setting
 from rag.config import RagConfig
 
+BASE_REPLAY_LOSSES = ("kl", "sft")
+PROMOTE_MODES = ("auto", "admin")
+METHODS = ("sft", "kto", "sft+dpo")
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -29,22 +32,34 @@ class TrainingConfig:
     max_seq_len: int = setting(512, 32, 1_000_000)
     epochs: float = setting(3.0, 0.01, 1000.0)
     max_steps: int = setting(-1, -1, 10_000_000)
-    learning_rate: float = setting(2e-4, 1e-8, 1.0)
+    min_steps: int = setting(60, 0, 10_000_000)
+    learning_rate: float = setting(1e-3, 1e-8, 1.0)
     weight_decay: float = setting(0.01, 0.0, 1.0)
-    lr_scheduler: str = setting("linear", choices=("linear", "cosine", "constant"))
-    warmup_steps: int = setting(5, 0, 1_000_000)
-    batch_size: int = setting(2, 1, 4096)
-    grad_accum: int = setting(4, 1, 4096)
+    lr_scheduler: str = setting("cosine", choices=("linear", "cosine", "constant"))
+    warmup_ratio: float = setting(0.1, 0.0, 0.9)
+    warmup_steps: int = setting(0, 0, 1_000_000)
+    batch_size: int = setting(4, 1, 4096)
+    grad_accum: int = setting(1, 1, 4096)
     max_grad_norm: float = setting(0.3, 0.0, 1000.0)
     seed: int = 3407
     lora_r: int = setting(16, 1, 1024)
-    lora_alpha: int = setting(16, 1, 4096)
+    lora_alpha: int = setting(32, 1, 4096)
     lora_dropout: float = setting(0.0, 0.0, 0.9)
     target_modules: list[str] = list_setting(TARGET_MODULES)
     continue_from_active: bool = False
     replay_share: float = setting(0.2, 0.0, 1.0)
+    base_replay: int = setting(96, 0, 100_000)
+    base_replay_loss: str = setting("kl", choices=BASE_REPLAY_LOSSES)
+    base_replay_weight: float = setting(3.0, 0.0, 1000.0)
     keep_adapters: int = setting(10, 1, 10_000)
     eval_tolerance: float = setting(0.3, 0.0, 10.0)
+    max_changed: float = setting(0.25, 0.0, 1.0)
+    report_questions: int = setting(8, 0, 1000)
+    promote: str = setting("auto", choices=PROMOTE_MODES)
+    method: str = setting("sft", choices=METHODS)
+    pref_learning_rate: float = setting(1e-4, 1e-8, 1.0)
+    pref_beta: float = setting(0.5, 0.0, 100.0)
+    pref_epochs: float = setting(3.0, 0.01, 1000.0)
     threads: int = setting(0, 0, 512)
     review: str = setting("owners", choices=("owners", "admin"))
 

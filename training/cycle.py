@@ -2,31 +2,35 @@
 
 :func:`run_cycle` is the single importable entry point used by ``nightowl train``, ``/retrain`` and
 the nightly scheduler. It never raises for an ordinary failure: the run is recorded as ``failed``
-(nothing promoted, previous adapter kept) and the result says why.
+(nothing promoted, previous adapter kept) and the result says why. With ``[training] promote =
+"admin"`` a candidate that passes the gate is registered as ``waiting`` (the run row says so) and
+only an admin's approval (``LearningService.approve_candidate``) activates it; a newer waiting
+candidate supersedes an older one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import fcntl
+import itertools
 import json
 import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from data.rows import TrainingConversation
 from data.store import Store
 from llm.base import ChatMessage, ChatModel
 from llm.errors import AdapterError, BusyError
 from training.config import LearningSettings
 from training.dataset import (
     ContentGuard,
+    Example,
     build_examples,
     load_seen,
     mark_seen,
@@ -37,45 +41,16 @@ from training.errors import LOOP_ERRORS
 from training.gate import decide, load_regression, regression_key
 from training.job import RegressionSet, TrainJob
 from training.launch import train_in_child, training_threads
+from training.outcome import CycleResult, resolved_config, write_plot
+from training.preferences import preference_rows, write_rows
 from training.probes import ProbeFile
 from training.registry import Registry
+from training.replay import answers_key, load_replay
+from training.scrub import scrub
 
 log = logging.getLogger("nightowl.training")
 Say = Callable[[str], Any]
 REGRESSION_TOKENS = 40
-
-
-@dataclass
-class CycleResult:
-    status: str  # "promoted" | "rejected" | "skipped" | "failed"
-    run_id: int
-    summary: str
-    version: str | None = None
-    parent: str | None = None
-    reasons: list[str] = field(default_factory=list)
-    report: dict[str, Any] = field(default_factory=dict)
-    plot: Path | None = None
-    run_dir: Path | None = None
-
-    @property
-    def promoted(self) -> bool:
-        return self.status == "promoted"
-
-    def text(self) -> str:
-        lines = [f"Training run #{self.run_id}: {self.summary}"]
-        lines += [f"- {r}" for r in self.reasons]
-        ds = self.report.get("dataset")
-        if ds:
-            drops = ", ".join(f"{k} {v}" for k, v in sorted(ds.get("dropped", {}).items()))
-            lines.append(f"Data: {ds.get('kept', 0)} examples kept ({ds.get('new', 0)} new, "
-                         f"{ds.get('train', 0)} train, {ds.get('eval', 0)} held out); "
-                         f"dropped: {drops or 'none'}")
-        tr = self.report.get("training")
-        if tr:
-            lines.append(f"Training: {tr.get('steps')} steps in {tr.get('train_runtime_s', 0):.0f}"
-                         f" s ({tr.get('samples_per_s', 0):.2f} samples/s, peak RSS "
-                         f"{tr.get('peak_rss_mb', 0):.0f} MB, {tr.get('backend')})")
-        return "\n".join(lines)
 
 
 @lru_cache(maxsize=4)
@@ -116,47 +91,13 @@ def run_lock(storage: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def write_plot(path: Path, curve: list[list[float]], history: list[tuple[str, float]],
-               reference: float | None) -> Path | None:
-    """PNG with the training loss curve and held-out loss per version (matplotlib, Agg)."""
+def no_live_run(storage: Path) -> bool:
+    """No process trains on this storage dir now (a 'running' row is then really stale)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:  # plotting is a nicety; the run does not fail for it
-        log.exception("could not import matplotlib; no plot")
-        return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    if curve:
-        ax1.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", ms=3)
-    ax1.set_title("training loss (assistant tokens)")
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("loss")
-    if history:
-        ax2.plot([h[0] for h in history], [h[1] for h in history], marker="o", label="candidate")
-    if reference is not None:
-        ax2.axhline(reference, color="gray", linestyle="--", label="reference (active/base)")
-    ax2.set_title("held-out loss per version")
-    ax2.set_xlabel("version")
-    ax2.legend(loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
-
-
-def resolved_config(cfg: LearningSettings) -> dict[str, Any]:
-    """The settings that shaped an adapter, for its ``meta.json``: the training and privacy
-    sections, the model and retrieval settings without server URLs (they may embed credentials)."""
-    drop = {"base_url", "api_key_env", "chroma_url"}
-    out: dict[str, Any] = {}
-    for name in ("model", "rag", "training", "privacy"):
-        section = dataclasses.asdict(getattr(cfg, name))
-        out[name] = {k: v for k, v in section.items() if k not in drop}
-    out["chat"] = {"history_messages": cfg.chat.history_messages}
-    return out
+        with run_lock(storage):
+            return True
+    except BusyError:
+        return False
 
 
 async def run_cycle(cfg: LearningSettings, store: Store, *, trigger: str = "manual",
@@ -191,11 +132,23 @@ async def _cycle(cfg: LearningSettings, store: Store, trigger: str, model: ChatM
         model_path = await asyncio.to_thread(resolve_model_path, cfg.model.name, storage, say)
         counter = await asyncio.to_thread(token_counter, model_path)
         convs = await store.training_conversations()
-        examples, ds = await asyncio.to_thread(build_examples, cfg, convs, now=time.time(),
-                                               count_tokens=counter, guard=guard)
+        disliked: list[Example] = []
+        examples, ds = await asyncio.to_thread(
+            build_examples, cfg, convs, now=time.time(), count_tokens=counter, guard=guard,
+            disliked=disliked if cfg.training.method == "kto" else None)
         split = split_examples(cfg, examples, await load_seen(store), ds)
+        held_convs = {e.conversation_id for e in split.eval}
+        prefs, pref_skip = preference_rows(
+            cfg.training.method, split.train,
+            [e for e in disliked if e.conversation_id not in held_convs])
         report["dataset"] = ds.to_dict()
         (run_dir / "dataset.json").write_text(json.dumps(ds.to_dict(), indent=1), "utf-8")
+        if pref_skip is not None:
+            await store.finish_run(run_id, "skipped", parent=parent, summary=pref_skip,
+                                   report=report)
+            say(pref_skip)
+            return CycleResult("skipped", run_id, pref_skip, parent=parent, report=report,
+                               run_dir=run_dir)
         if len(split.new) < cfg.training.min_examples:
             summary = (f"skipped: {len(split.new)} new training examples, at least "
                        f"{cfg.training.min_examples} needed ([training] min_examples). Rate "
@@ -214,17 +167,24 @@ async def _cycle(cfg: LearningSettings, store: Store, trigger: str, model: ChatM
                 reference = None
         write_jsonl(run_dir / "train.jsonl", split.train)
         write_jsonl(run_dir / "eval.jsonl", split.eval)
+        if prefs:
+            write_rows(run_dir / "prefs.jsonl", prefs)
         staging = registry.staging_dir()
-        job = _job(cfg, registry, model_path, reference, run_dir, staging)
+        job = _job(cfg, registry, model_path, reference, run_dir, staging,
+                   _recent_questions(convs, {e.answer_id for e in split.train},
+                                     cfg.training.report_questions))
         say(f"Training on {len(split.train)} examples ({len(split.new)} new) in a child "
             "process...")
         result = await train_in_child(cfg, job, say=say)
-        decision = decide(result.scores, cfg.training.eval_tolerance)
+        decision = decide(result.scores, cfg.training.eval_tolerance,
+                          cfg.training.max_changed)
+        waiting = decision.promote and cfg.training.promote == "admin"
         train_stats = result.summary()
         report["training"] = train_stats
         report["scores"] = result.scores
         report["decision"] = {"promote": decision.promote, "reasons": decision.reasons}
-        meta = {"status": "promoted" if decision.promote else "rejected", "parent": parent,
+        meta = {"status": "waiting" if waiting else "promoted" if decision.promote
+                else "rejected", "parent": parent,
                 "reference": reference, "trigger": trigger, "run_id": run_id,
                 "config": resolved_config(cfg),
                 "model": cfg.model.name, "model_path": model_path, "dataset": ds.to_dict(),
@@ -244,7 +204,13 @@ async def _cycle(cfg: LearningSettings, store: Store, trigger: str, model: ChatM
         report["plot"] = str(plot) if plot else None
         status = "promoted" if decision.promote else "rejected"
         reasons = list(decision.reasons)
-        if decision.promote:
+        if waiting:
+            status = "waiting"
+            for info in registry.infos():
+                if info.status == "waiting" and info.version != version:
+                    registry.update_meta(info.version, status="rejected",
+                                         reasons=[f"superseded by {version}"])
+        elif decision.promote:
             if model is not None:
                 try:
                     await model.set_adapter(registry.path(version), version)
@@ -258,12 +224,16 @@ async def _cycle(cfg: LearningSettings, store: Store, trigger: str, model: ChatM
         registry.prune(cfg.training.keep_adapters)
         if status == "promoted":
             summary = f"promoted {version} (parent {parent or 'base'})"
+        elif status == "waiting":
+            summary = (f"{version} passed the gate and waits for an admin's approval "
+                       f"([training] promote = \"admin\"); {parent or 'the base model'} stays "
+                       "active")
         elif status == "rejected":
             summary = f"rejected {version}; {parent or 'the base model'} stays active"
         else:
             summary = f"failed to activate {version}; {parent or 'the base model'} stays active"
-        await store.finish_run(run_id, status, version=version, parent=parent, summary=summary,
-                               report=report)
+        await store.finish_run(run_id, status,
+                               version=version, parent=parent, summary=summary, report=report)
         (run_dir / "report.json").write_text(json.dumps(report, indent=1, default=str), "utf-8")
         res = CycleResult(status, run_id, summary, version=version, parent=parent,
                           reasons=reasons, report=report, plot=plot, run_dir=run_dir)
@@ -287,17 +257,39 @@ async def _cycle(cfg: LearningSettings, store: Store, trigger: str, model: ChatM
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _recent_questions(convs: Sequence[TrainingConversation], trained: set[int],
+                      limit: int) -> tuple[str, ...]:
+    """The newest distinct user questions whose answer is not trained in this run (scrubbed)."""
+    found: list[tuple[float, str]] = []
+    for conv in convs:
+        msgs = conv.messages
+        for q, a in itertools.pairwise(msgs):
+            if q.role == "user" and a.role == "assistant" and a.id not in trained \
+                    and q.text.strip():
+                found.append((q.created_at, scrub(q.text.strip()).text))
+    out: list[str] = []
+    for _, text in sorted(found, reverse=True):
+        if text not in out:
+            out.append(text)
+        if len(out) >= limit:
+            break
+    return tuple(out)
+
+
 def _job(cfg: LearningSettings, registry: Registry, model_path: str, reference: str | None,
-         run_dir: Path, staging: Path) -> TrainJob:
-    """The child's job: train on ``run_dir``'s files into ``staging``, compare with
-    ``reference`` (None = the base model) on the held-out set, the probes and the regression set."""
+         run_dir: Path, staging: Path, report_questions: tuple[str, ...] = ()) -> TrainJob:
+    """The child's job: train on ``run_dir``'s files (+ the base-replay set) into ``staging``,
+    compare with ``reference`` (None = the base model) on the held-out set, the probes, the
+    regression set and the recent questions."""
     storage = cfg.storage.path
     system = cfg.model.system_prompt
     questions = tuple(load_regression())
+    replay = tuple(load_replay(cfg.training.base_replay))
     ref_dir = str(registry.path(reference)) if reference else None
     return TrainJob(
         model_path=model_path, training=cfg.training, job_dir=str(run_dir / "job"),
         train_file=str(run_dir / "train.jsonl"), eval_file=str(run_dir / "eval.jsonl"),
+        prefs_file=str(run_dir / "prefs.jsonl") if cfg.training.method != "sft" else None,
         adapter_out=str(staging), system_prompt=system,
         init_adapter=ref_dir if cfg.training.continue_from_active else None,
         reference_adapter=ref_dir, reference_version=reference,
@@ -307,6 +299,11 @@ def _job(cfg: LearningSettings, registry: Registry, model_path: str, reference: 
             key=regression_key(model_path, system, questions, REGRESSION_TOKENS),
             cache=str(storage / "runs" / "regression-base.json"),
             max_new_tokens=REGRESSION_TOKENS),
+        replay=RegressionSet(
+            questions=replay, key=answers_key(model_path, system, replay, REGRESSION_TOKENS),
+            cache=str(storage / "runs" / "replay-base.json"),
+            max_new_tokens=REGRESSION_TOKENS) if replay else None,
+        report_questions=report_questions,
         threads=training_threads(cfg))
 
 

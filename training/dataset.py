@@ -5,11 +5,21 @@ the configured system prompt, the answer's stored knowledge sources formatted by
 ``rag.base.format_context`` and the same history window), followed by the target answer.
 
 Policy (``[training]``): 👍 answers count; a correction replaces the answer it corrects (even a 👎
-one); what an admin must approve first is :mod:`training.review`'s rule (``review``); unrated answers count only when ``include_unrated_after_hours`` > 0 and they are older than
-that with no 👎. Dropped, each counted by reason in the report: 👎 without correction, unrated,
-non-answers and errors, no question, too short / too long (characters), too long in tokens even
-after trimming history, exact duplicates and near-duplicates. Opted-out and forgotten users never
-reach this module (the store excludes / deleted them). PII and secrets are scrubbed before anything
+one); what an admin must approve first is :mod:`training.review`'s rule (``review``); unrated
+answers count only when ``include_unrated_after_hours`` > 0 and they are older than that with no
+👎. Dropped, each counted by reason in the report: 👎 without correction, unrated, non-answers and
+errors, no question, too short / too long (characters), too long in tokens even after trimming
+history, exact duplicates and near-duplicates. Opted-out and forgotten users never reach this
+module (the store excludes / deleted them). PII and secrets are scrubbed from questions and history
+before anything is written; the system prompt and retrieved context are kept as served, and an
+example whose answer holds a finding is dropped ("pii_in_answer"), so the model never learns to
+print a placeholder.
+
+An example trains on its final answer only: the history is context (``weight`` 0 in the JSONL,
+label -100 in training, :mod:`training.recipe`). Train and held-out are split by conversation, so
+no turn is on both sides. Group chats: a conversation belongs to one user in one chat (the store
+keys it by user and chat), so an example holds the asker's own turns and the bot's answers to them,
+never another member's messages; there is no setting to widen it.
 is written.
 """
 
@@ -58,9 +68,10 @@ class Example:
     messages: list[ChatMessage]
     answer_id: int
     conversation_id: int
-    kind: str  # "good" | "correction" | "unrated"
+    kind: str  # "good" | "correction" | "unrated" | "disliked" (👎, only for preference methods)
     created_at: float
     key: str = ""
+    rejected: str | None = None  # for a correction: the answer it corrects (scrubbed)
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -68,8 +79,12 @@ class Example:
             self.key = hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
     def record(self) -> dict[str, Any]:
-        """The JSONL record (LLaMA-Factory / axolotl ``messages`` format)."""
-        return {"messages": self.messages}
+        """The JSONL record (``messages`` format): every message carries ``weight`` 1 if it is
+        trained (the final answer) else 0, as axolotl's chat_template datasets read it
+        (``message_field_training: weight``); history is context only."""
+        last = len(self.messages) - 1
+        return {"messages": [{**m, "weight": int(i == last and m["role"] == "assistant")}
+                             for i, m in enumerate(self.messages)]}
 
 
 @dataclass
@@ -83,6 +98,8 @@ class DatasetReport:
     eval: int = 0
     new: int = 0
     replay: int = 0
+    train_conversations: int = 0
+    eval_conversations: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"answers_seen": self.answers_seen, "kept": sum(self.kept.values()),
@@ -90,13 +107,16 @@ class DatasetReport:
                 "dropped_total": sum(self.dropped.values()), "scrubbed": dict(self.scrubbed),
                 "history_trimmed": self.history_trimmed, "train": self.train, "eval": self.eval,
                 "new": self.new, "replay": self.replay,
+                "train_conversations": self.train_conversations,
+                "eval_conversations": self.eval_conversations,
                 "note": "opted-out and forgotten users are excluded by the store"}
 
     def summary(self) -> str:
         drops = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"
         return (f"{sum(self.kept.values())} examples kept of {self.answers_seen} answers "
                 f"({self.new} new, {self.train} train incl. {self.replay} replayed, "
-                f"{self.eval} held out); dropped: {drops}")
+                f"{self.eval} held out from {self.eval_conversations} conversations); "
+                f"dropped: {drops}")
 
 
 @dataclass
@@ -160,10 +180,13 @@ def _fit(messages: list[ChatMessage], count: TokenCounter, limit: int) -> tuple[
 
 def build_examples(cfg: LearningSettings, conversations: Sequence[TrainingConversation], *,
                    now: float,
-                   count_tokens: TokenCounter | None = None, guard: ContentGuard | None = None
+                   count_tokens: TokenCounter | None = None, guard: ContentGuard | None = None,
+                   disliked: list[Example] | None = None
                    ) -> tuple[list[Example], DatasetReport]:
     """Apply the dataset policy to ``Store.training_conversations()`` output; ``guard`` (the
-    bot's moderation) refuses examples whose question or answer it flags."""
+    bot's moderation) refuses examples whose question or answer it flags. If ``disliked`` is a
+    list, the 👎'd answers without a correction (still counted as dropped ``thumbs_down``) are
+    rendered the same way and appended to it, for the preference methods (KTO)."""
     t = cfg.training
     count = count_tokens or _estimate_tokens
     report = DatasetReport()
@@ -185,7 +208,9 @@ def build_examples(cfg: LearningSettings, conversations: Sequence[TrainingConver
                 continue
             elif fb == -1:
                 report.dropped["thumbs_down"] += 1
-                continue
+                if disliked is None or r_state != "approved":
+                    continue
+                kind, target = "disliked", m.text
             elif fb is None and not (t.include_unrated_after_hours > 0 and
                                      now - m.created_at >= t.include_unrated_after_hours * 3600):
                 report.dropped["unrated"] += 1
@@ -196,21 +221,21 @@ def build_examples(cfg: LearningSettings, conversations: Sequence[TrainingConver
             else:
                 kind, target = ("good", m.text) if fb == 1 else ("unrated", m.text)
             if _is_non_answer(target):
-                report.dropped["non_answer"] += 1
+                report.dropped["non_answer"] += kind != "disliked"
                 continue
             target = target.strip()
             if len(target) < t.min_chars:
-                report.dropped["too_short"] += 1
+                report.dropped["too_short"] += kind != "disliked"
                 continue
             if len(target) > t.max_chars:
-                report.dropped["too_long"] += 1
+                report.dropped["too_long"] += kind != "disliked"
                 continue
             q = i - 1
             if q < 0 or msgs[q].role != "user" or not msgs[q].text.strip():
-                report.dropped["no_question"] += 1
+                report.dropped["no_question"] += kind != "disliked"
                 continue
             if guard is not None and (guard.check(msgs[q].text) or guard.check(target)):
-                report.dropped["moderated"] += 1
+                report.dropped["moderated"] += kind != "disliked"
                 continue
             history = [{"role": h.role, "content": h.text}
                        for h in msgs[max(0, q - cfg.chat.history_messages):q]]
@@ -221,18 +246,30 @@ def build_examples(cfg: LearningSettings, conversations: Sequence[TrainingConver
             messages = build_messages(cfg.model.system_prompt, context, history, msgs[q].text)
             messages.append({"role": "assistant", "content": target})
             if cfg.privacy.scrub_pii:
-                scrubbed = []
-                for msg in messages:
+                if scrub(target).counts:  # the model must never learn to print a placeholder
+                    report.dropped["pii_in_answer"] += kind != "disliked"
+                    continue
+                scrubbed = [messages[0]]  # the system prompt and retrieved context: as served
+                for msg in messages[1:-1]:
                     res = scrub(msg["content"])
                     report.scrubbed.update(res.counts)
                     scrubbed.append({"role": msg["role"], "content": res.text})
-                messages = scrubbed
+                messages = [*scrubbed, messages[-1]]
             fitted, trimmed = _fit(messages, count, t.max_seq_len)
             if fitted is None:
-                report.dropped["too_long_tokens"] += 1
+                report.dropped["too_long_tokens"] += kind != "disliked"
+                continue
+            if kind == "disliked" and disliked is not None:
+                disliked.append(Example(fitted, m.id, conv.id, kind, m.created_at))
                 continue
             report.history_trimmed += int(trimmed)
-            candidates.append(Example(fitted, m.id, conv.id, kind, m.created_at))
+            rejected = None
+            if kind == "correction" and not _is_non_answer(m.text) and m.text.strip() != target:
+                rejected = m.text.strip()
+                if cfg.privacy.scrub_pii and scrub(rejected).counts:
+                    rejected = None  # no pair rather than a pair that holds personal data
+            candidates.append(Example(fitted, m.id, conv.id, kind, m.created_at,
+                                      rejected=rejected))
     kept = _dedupe(candidates, report)
     for ex in kept:
         report.kept[ex.kind] += 1
@@ -263,26 +300,31 @@ def _dedupe(candidates: list[Example], report: DatasetReport) -> list[Example]:
     return kept
 
 
-def _eval_bucket(ex: Example) -> float:
-    h = hashlib.sha1(f"answer:{ex.answer_id}".encode()).hexdigest()
+def _eval_bucket(conversation_id: int) -> float:
+    h = hashlib.sha1(f"conversation:{conversation_id}".encode()).hexdigest()
     return int(h[:8], 16) / 0xFFFFFFFF
 
 
 def split_examples(cfg: LearningSettings, examples: list[Example], seen: set[str],
                    report: DatasetReport) -> Split:
-    """Held-out split (stable per answer), new vs already-trained, and the replay share.
+    """Held-out split (stable per conversation: no conversation, hence no turn, is on both
+    sides), new vs already-trained, and the replay share.
 
-    Fresh adapters (``continue_from_active = false``) train on every kept example; when continuing
-    from the active adapter, the new examples are mixed with a ``replay_share`` of earlier ones.
+    With ``eval_fraction`` > 0 and at least two conversations, at least one conversation is
+    held out and at least one trains. Fresh adapters (``continue_from_active = false``) train on
+    every kept example; when continuing from the active adapter, the new examples are mixed with
+    a ``replay_share`` of earlier ones.
     """
     t = cfg.training
-    held = [e for e in examples if _eval_bucket(e) < t.eval_fraction]
-    if t.eval_fraction > 0 and not held and len(examples) >= 2:
-        held = [min(examples, key=_eval_bucket)]
-    held_ids = {id(e) for e in held}
-    pool = [e for e in examples if id(e) not in held_ids]
-    if t.eval_fraction > 0 and not pool and held:
-        pool, held = held[1:], held[:1]
+    convs = sorted({e.conversation_id for e in examples}, key=_eval_bucket)
+    held_convs = {c for c in convs if _eval_bucket(c) < t.eval_fraction}
+    if t.eval_fraction > 0 and len(convs) >= 2:
+        if not held_convs:
+            held_convs = {convs[0]}
+        if len(held_convs) == len(convs):
+            held_convs.discard(convs[-1])
+    held = [e for e in examples if e.conversation_id in held_convs]
+    pool = [e for e in examples if e.conversation_id not in held_convs]
     new = [e for e in pool if e.key not in seen]
     old = [e for e in pool if e.key in seen]
     if t.continue_from_active:
@@ -295,11 +337,14 @@ def split_examples(cfg: LearningSettings, examples: list[Example], seen: set[str
     random.Random(t.seed).shuffle(train)
     report.train, report.eval, report.new, report.replay = len(train), len(held), len(new), \
         len(replay)
+    report.eval_conversations = len(held_convs)
+    report.train_conversations = len({e.conversation_id for e in train})
     return Split(train=train, eval=held, new=new)
 
 
 def write_jsonl(path: Path, examples: Sequence[Example]) -> None:
-    """Write one ``{"messages": [...]}`` line per example, atomically."""
+    """Write one ``{"messages": [...]}`` line per example (with per-message ``weight``),
+    atomically."""
     write_atomic(path, "".join(json.dumps(ex.record(), ensure_ascii=False) + "\n"
                                for ex in examples))
 

@@ -3,7 +3,12 @@
 (a) held-out logged conversations: loss and token accuracy on assistant tokens only;
 (b) probes (``training.probes``): does the greedy answer contain the expected text;
 (c) a shipped regression set of general questions (``training/regression/*.jsonl``), scored as the
-    loss of the base model's own greedy answers, so general ability does not collapse.
+    loss of the base model's own greedy answers, so general ability does not collapse;
+(d) behaviour: the candidate's greedy answers to the regression questions against the reference's
+    (:mod:`training.behaviour`: how many changed, whether a taught name or number leaks into
+    them), and the same comparison on a sample of recent real questions, listed in the report.
+
+Held-out loss counts only the tokens that would train (each example's final answer).
 
 :func:`score_all` runs inside the training child process (it already holds the model; torch is
 imported lazily); :func:`decide` is the pure promotion rule the cycle applies to its scores.
@@ -12,36 +17,27 @@ imported lazily); :func:`decide` is the pure promotion rule the cycle applies to
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.files import write_atomic
 from llm.base import ChatMessage
+from training import behaviour
 from training.job import RegressionSet, TrainJob, progress
 from training.probes import Probe
+from training.recipe import IGNORE, tokenize
+from training.replay import REGRESSION_DIR, answers_key, cached_answers, load_questions
 
-REGRESSION_DIR = Path(__file__).resolve().parent / "regression"
 
-
-# ---- the regression set ------------------------------------------------------------------
 def load_regression(directory: Path = REGRESSION_DIR) -> list[str]:
-    questions: list[str] = []
-    for path in sorted(directory.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                questions.append(str(json.loads(line)["question"]))
-    return questions
+    return load_questions(directory)
 
 
 def regression_key(model_path: str, system_prompt: str, questions: Sequence[str],
                    max_new_tokens: int) -> str:
-    blob = json.dumps([model_path, system_prompt, list(questions), max_new_tokens])
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+    return answers_key(model_path, system_prompt, questions, max_new_tokens)
 
 
 def contains_expected(answer: str, expected: str) -> bool:
@@ -52,9 +48,10 @@ def contains_expected(answer: str, expected: str) -> bool:
 
 # ---- scoring (inside the child process; torch is imported lazily) --------------------------------
 def assistant_scores(model: Any, tokenizer: Any, template: str,
-                     conversations: Sequence[Sequence[dict[str, str]]],
+                     conversations: Sequence[Sequence[dict[str, Any]]],
                      max_len: int = 2048) -> dict[str, float]:
-    """Mean loss and next-token accuracy over assistant tokens (trl's mask) of ``conversations``."""
+    """Mean loss and next-token accuracy over the trained tokens (``training.recipe``: each
+    conversation's weighted, else final, assistant message) of ``conversations``."""
     import torch
 
     total_loss, total_correct, total_tokens = 0.0, 0, 0
@@ -62,16 +59,13 @@ def assistant_scores(model: Any, tokenizer: Any, template: str,
     model.eval()
     with torch.no_grad(), _autocast(device):
         for conv in conversations:
-            out = tokenizer.apply_chat_template(list(conv), chat_template=template, tokenize=True,
-                                                return_dict=True,
-                                                return_assistant_tokens_mask=True)
-            ids = torch.tensor([out["input_ids"][:max_len]], device=device)
-            mask = torch.tensor(out["assistant_masks"][:max_len], device=device).bool()
-            if ids.shape[1] < 2 or not bool(mask[1:].any()):
+            row = tokenize(tokenizer, template, conv, max_len=max_len)
+            ids = torch.tensor([row["input_ids"]], device=device)
+            sel = torch.tensor(row["labels"][1:], device=device) != IGNORE
+            if ids.shape[1] < 2 or not bool(sel.any()):
                 continue
             logits = model(input_ids=ids).logits[0, :-1].float()
             targets = ids[0, 1:]
-            sel = mask[1:]
             loss = torch.nn.functional.cross_entropy(logits[sel], targets[sel], reduction="sum")
             total_loss += float(loss)
             total_correct += int((logits[sel].argmax(-1) == targets[sel]).sum())
@@ -153,8 +147,25 @@ def probe_scores(model: Any, tokenizer: Any, template: str, system_prompt: str,
                         for p, a, ok in zip(probes, answers, passed, strict=True)]}
 
 
+def _prompts(system_prompt: str, questions: Sequence[str]) -> list[list[ChatMessage]]:
+    return [[{"role": "system", "content": system_prompt}, {"role": "user", "content": q}]
+            for q in questions]
+
+
+def taught_answers(conversations: Sequence[Sequence[dict[str, Any]]]) -> list[str]:
+    """The trained (weighted, else final) assistant texts of the run's examples."""
+    from training.recipe import trained_flags
+
+    out = []
+    for conv in conversations:
+        assistants = [m for m in conv if m.get("role") == "assistant"]
+        out += [m["content"] for m, on in zip(assistants, trained_flags(conv), strict=True)
+                if on]
+    return out
+
+
 def score_all(job: TrainJob, model: Any, tokenizer: Any, template: str) -> dict[str, Any]:
-    """Score the trained adapter ("default") and the reference on (a), (b) and (c).
+    """Score the trained adapter ("default") and the reference on (a)-(d).
 
     The reference is the job's reference adapter, loaded beside the candidate, or the base model
     (the candidate's adapter disabled). The regression set compares the candidate with the base
@@ -182,36 +193,58 @@ def score_all(job: TrainJob, model: Any, tokenizer: Any, template: str) -> dict[
     else:
         with model.disable_adapter():
             score_as("reference")
-    if job.regression is not None and job.regression.questions:
-        convs = _regression_conversations(job.regression, job.system_prompt, model, tokenizer,
-                                          template)
+    reg = job.regression
+    if reg is not None and reg.questions:
+        base_answers = _base_answers(reg, job.system_prompt, model, tokenizer, template)
+        convs = [[*p, {"role": "assistant", "content": a}]
+                 for p, a in zip(_prompts(job.system_prompt, reg.questions), base_answers,
+                                 strict=True) if a.strip()]
         with model.disable_adapter():
             scores["regression"]["base"] = assistant_scores(model, tokenizer, template, convs)
         scores["regression"]["candidate"] = assistant_scores(model, tokenizer, template, convs)
+        progress(f"comparing answers to {len(reg.questions)} regression and "
+                 f"{len(job.report_questions)} recent questions")
+        ref_answers = base_answers if not ref else \
+            _answers(model, tokenizer, template, job.system_prompt, reg.questions, "reference",
+                     reg.max_new_tokens)
+        cand = _answers(model, tokenizer, template, job.system_prompt, reg.questions, "default",
+                        reg.max_new_tokens)
+        terms = behaviour.taught_terms(taught_answers(job.train_conversations()),
+                                       [*reg.questions, *ref_answers])
+        rows = behaviour.compare(reg.questions, ref_answers, cand, terms)
+        scores["behaviour"] = behaviour.summary(rows, terms)
+        if job.report_questions:
+            qs = job.report_questions
+            mx = reg.max_new_tokens
+            before = _answers(model, tokenizer, template, job.system_prompt, qs,
+                              "reference" if ref else None, mx)
+            after = _answers(model, tokenizer, template, job.system_prompt, qs, "default", mx)
+            scores["recent"] = behaviour.summary(behaviour.compare(qs, before, after, terms))
     return scores
 
 
-def _regression_conversations(reg: RegressionSet, system_prompt: str, model: Any, tokenizer: Any,
-                              template: str) -> list[list[ChatMessage]]:
-    """The regression questions with the base model's greedy answers (from the cache if its key
-    matches, else generated with the adapter disabled and cached)."""
-    prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": q}]
-               for q in reg.questions]
-    cache = Path(reg.cache)
-    base_answers: list[str] | None = None
-    if cache.exists():
-        data = json.loads(cache.read_text(encoding="utf-8"))
-        if data.get("key") == reg.key:
-            base_answers = list(data["answers"])
-    if base_answers is None:
-        progress(f"generating base answers for {len(reg.questions)} regression questions (once)")
+def _answers(model: Any, tokenizer: Any, template: str, system_prompt: str,
+             questions: Sequence[str], adapter: str | None, max_new_tokens: int) -> list[str]:
+    """Greedy answers with ``adapter`` active (None = the base model)."""
+    prompts = _prompts(system_prompt, questions)
+    if adapter is None:
         with model.disable_adapter():
-            base_answers = generate_greedy(model, tokenizer, template, prompts,
-                                           reg.max_new_tokens)
-        write_atomic(cache, json.dumps({"key": reg.key, "answers": base_answers},
-                                       ensure_ascii=False, indent=1))
-    return [[*p, {"role": "assistant", "content": a}]
-            for p, a in zip(prompts, base_answers, strict=True) if a.strip()]
+            return generate_greedy(model, tokenizer, template, prompts, max_new_tokens)
+    model.set_adapter(adapter)
+    try:
+        return generate_greedy(model, tokenizer, template, prompts, max_new_tokens)
+    finally:
+        model.set_adapter("default")
+
+
+def _base_answers(reg: RegressionSet, system_prompt: str, model: Any, tokenizer: Any,
+                  template: str) -> list[str]:
+    """The base model's greedy answers to the regression questions (cached per key)."""
+    def generate() -> list[str]:
+        progress(f"generating base answers for {len(reg.questions)} regression questions (once)")
+        return _answers(model, tokenizer, template, system_prompt, reg.questions, None,
+                        reg.max_new_tokens)
+    return cached_answers(Path(reg.cache), reg.key, generate)
 
 
 # ---- the gate rule ----------------------------------------------------------------------------
@@ -221,13 +254,16 @@ class Decision:
     reasons: list[str]
 
 
-def decide(scores: dict[str, Any], tolerance: float) -> Decision:
-    """Promote only if (a) held-out loss improves, (b) no fewer probes pass and (c) the regression
-    set degrades by at most ``tolerance`` (relative increase of loss on the base answers).
+def decide(scores: dict[str, Any], tolerance: float, max_changed: float = 1.0) -> Decision:
+    """Promote only if (a) held-out loss improves, (b) no fewer probes pass, (c) the regression
+    set degrades by at most ``tolerance`` (relative increase of loss on the base answers), and
+    (d) at most ``max_changed`` of the regression answers changed and none leaks a taught term,
+    whatever the losses say.
 
     ``scores`` = {"heldout": {"candidate": {loss, accuracy}, "reference": {...}},
     "probes": {"candidate": {...}, "reference": {...}},
-    "regression": {"candidate": {loss}, "base": {loss}}}.
+    "regression": {"candidate": {loss}, "base": {loss}},
+    "behaviour": {total, changed, leaks, rows: [{question, candidate, leaked, ...}]}}.
     """
     reasons: list[str] = []
     ok = True
@@ -266,4 +302,28 @@ def decide(scores: dict[str, Any], tolerance: float) -> Decision:
         else:
             reasons.append(f"regression set within tolerance ({change:+.1%}, limit "
                            f"{tolerance:.0%})")
+    ok = _behaviour(scores.get("behaviour") or {}, max_changed, reasons) and ok
     return Decision(ok, reasons)
+
+
+def _behaviour(b: dict[str, Any], max_changed: float, reasons: list[str]) -> bool:
+    total = int(b.get("total") or 0)
+    if not total:
+        return True
+    ok = True
+    leaks = [row for row in b.get("rows", []) if row.get("leaked")]
+    if leaks:
+        ok = False
+        shown = "; ".join(f"{row['question']!r} -> {row['candidate'][:80]!r} "
+                          f"({', '.join(row['leaked'])})" for row in leaks[:3])
+        reasons.append(f"taught answers leak into {len(leaks)} of {total} unrelated questions: "
+                       f"{shown}")
+    n = int(b.get("changed") or 0)
+    if n > max_changed * total:
+        ok = False
+        reasons.append(f"answers collapsed: {n} of {total} general answers changed (more than "
+                       f"[training] max_changed {max_changed:.0%})")
+    else:
+        reasons.append(f"general answers kept: {n} of {total} changed (limit "
+                       f"{max_changed:.0%})")
+    return ok

@@ -5,7 +5,8 @@ The parent builds a TrainJob, so a misspelt or missing field fails there, at con
 any model is loaded; the child (``python -m training.sft JOB.json``) rebuilds it with the same
 dataclass, and a file that does not match it fails the same way. The child writes a TrainResult to
 ``<job_dir>/result.json``, which the parent rebuilds the same way. The train and eval files a job
-names hold one ``{"messages": [...]}`` object per line (what ``training.dataset`` writes). The
+names hold one ``{"messages": [...]}`` object per line (what ``training.dataset`` writes; a
+message's ``weight`` 0/1 says whether it carries loss). The
 child reports progress as stdout lines starting with :data:`PROGRESS`; the parent relays those.
 """
 
@@ -33,7 +34,8 @@ def progress(message: str) -> None:
 
 @dataclass(frozen=True)
 class RegressionSet:
-    """General questions scored as the loss of the base model's own greedy answers to them."""
+    """General questions with the base model's own greedy answers (generated once, cached): the
+    regression set the gate scores, and the replay set mixed into training."""
 
     questions: tuple[str, ...]
     key: str  # identifies the cached base answers: model, system prompt, questions, length
@@ -51,20 +53,24 @@ class TrainJob:
     train_file: str
     adapter_out: str  # the staging folder the trained adapter is saved to
     eval_file: str | None = None
+    prefs_file: str | None = None  # method kto / sft+dpo: training.preferences rows
     system_prompt: str = ""
     init_adapter: str | None = None  # continue training this adapter instead of a fresh one
     reference_adapter: str | None = None  # None: the candidate is compared with the base model
     reference_version: str | None = None
     probes: tuple[Probe, ...] = ()
     regression: RegressionSet | None = None
+    replay: RegressionSet | None = None  # base-replay questions mixed into training
+    report_questions: tuple[str, ...] = ()  # recent real questions: changed answers are listed
     threads: int = 1
 
     def __post_init__(self) -> None:
         _expect(self, "training", TrainingConfig)
         if not all(isinstance(p, Probe) for p in self.probes):
             raise TrainingError("TrainJob.probes must be Probe objects")
-        if self.regression is not None:
-            _expect(self, "regression", RegressionSet)
+        for name in ("regression", "replay"):
+            if getattr(self, name) is not None:
+                _expect(self, name, RegressionSet)
 
     @property
     def job_file(self) -> Path:
@@ -91,9 +97,12 @@ class TrainJob:
             nested["training"] = _build(TrainingConfig, data["training"])
         if "probes" in data:
             nested["probes"] = tuple(_build(Probe, p) for p in data["probes"])
-        if data.get("regression") is not None:
-            reg = _build(RegressionSet, data["regression"])
-            nested["regression"] = dataclasses.replace(reg, questions=tuple(reg.questions))
+        for name in ("regression", "replay"):
+            if data.get(name) is not None:
+                reg = _build(RegressionSet, data[name])
+                nested[name] = dataclasses.replace(reg, questions=tuple(reg.questions))
+        if "report_questions" in data:
+            nested["report_questions"] = tuple(data["report_questions"])
         return _build(cls, {**data, **nested})
 
 
@@ -108,6 +117,7 @@ class TrainStats:
     steps: int
     epochs: float
     examples: int
+    replay: int = 0  # base-replay rows mixed in
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,7 @@ class TrainResult:
         """The run report's ``training`` section (also merged into the adapter's meta.json)."""
         s = self.stats
         return {"backend": self.backend, "steps": s.steps, "epochs": s.epochs,
-                "examples": s.examples, "train_loss": s.train_loss,
+                "examples": s.examples, "replay": s.replay, "train_loss": s.train_loss,
                 "train_runtime_s": s.train_runtime_s, "samples_per_s": s.samples_per_s,
                 "peak_rss_mb": self.peak_rss_mb, "duration_s": self.duration_s,
                 "threads": self.threads, "peak_cuda_mb": self.peak_cuda_mb}

@@ -1,7 +1,11 @@
 """LearningService: what the running bot uses from training/ (implements bot.core.Learning).
 
 One asyncio lock makes training single-flight for ``/retrain``, the terminal and the scheduler; the
-cycle also takes a file lock so a ``nightowl train`` in another process cannot overlap.
+cycle also takes a file lock so a ``nightowl train`` in another process cannot overlap. With
+``[training] promote = "admin"`` a candidate that passed the gate waits in the registry (status
+``waiting``) until :meth:`LearningService.approve_candidate` activates it or
+:meth:`~LearningService.reject_candidate` drops it; both are recorded on the run and in the
+adapter's ``meta.json`` with who decided.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from data.store import Store
 from llm.base import ChatModel
 from llm.errors import AdapterError
 from training.config import LearningSettings
-from training.cycle import CycleResult, run_cycle
+from training.cycle import no_live_run, run_cycle
 from training.dataset import ContentGuard
 from training.errors import LOOP_ERRORS
+from training.outcome import CycleResult
 from training.probes import ProbeFile
 from training.registry import Registry
 
@@ -58,7 +63,8 @@ class LearningService:
     async def activate_on_start(self) -> str | None:
         """Load the ACTIVE adapter into the model; a corrupt one keeps the base (logged)."""
         try:
-            await self.store.fail_stale_runs()
+            if no_live_run(self.cfg.storage.path):  # another process's live run is not stale
+                await self.store.fail_stale_runs()
         except Exception:
             log.exception("could not mark interrupted training runs as failed")
         version = self.registry.active()
@@ -121,14 +127,83 @@ class LearningService:
         return wanted
 
     async def purge_texts(self, texts: list[str]) -> int:
-        """/forget: drop a user's lines from dataset files on disk (runs and exports)."""
+        """/forget: drop a user's lines from dataset files on disk (runs and exports), their
+        preference rows and the recent questions sampled into run reports."""
         from training.forget import purge_dataset_lines
+        from training.forget_runs import needles_of, purge_questions, purge_run_files
 
         root = self.cfg.storage.path
         removed = 0
         for sub in ("runs", "exports"):
             removed += await asyncio.to_thread(purge_dataset_lines, root / sub, texts)
+        removed += await asyncio.to_thread(purge_run_files, root / "runs", texts)
+        removed += await asyncio.to_thread(purge_run_files, root / "adapters", texts)
+        needles = needles_of(texts)
+        for run in await self.store.runs(limit=100_000):
+            report = dict(run.report)
+            n = purge_questions(report, needles)
+            if n:
+                removed += n
+                await self.store.set_run_report(run.id, report)
         return removed
+
+    # ---- promotion on approval ([training] promote = "admin") --------------------------------
+    def _waiting(self) -> str | None:
+        found = [i.version for i in self.registry.infos() if i.status == "waiting"]
+        return found[-1] if found else None
+
+    def waiting_candidate(self) -> str | None:
+        """A text describing the candidate waiting for an admin, else None."""
+        version = self._waiting()
+        if version is None:
+            return None
+        meta = self.registry.meta(version)
+        reasons = "; ".join(str(r) for r in meta.get("reasons", []))
+        return (f"Candidate {version} (run #{meta.get('run_id', '?')}, parent "
+                f"{meta.get('parent') or 'base'}, {meta.get('examples', '?')} examples) passed "
+                f"the gate and waits for approval: {reasons}")
+
+    async def approve_candidate(self, by: str) -> str:
+        """Activate the waiting candidate (hot swap) and record who approved it."""
+        async with self.lock:
+            version = self._waiting()
+            if version is None:
+                return "No candidate is waiting for approval."
+            try:
+                path = self.registry.validate(version)
+                if self.model is not None:
+                    await self.model.set_adapter(path, version)
+                self.registry.set_active(version)
+            except LOOP_ERRORS as exc:
+                self.registry.update_meta(version, status="rejected",
+                                          reasons=[f"could not be activated: {exc}"])
+                return f"Candidate {version} could not be activated ({exc}); nothing changed."
+            self.registry.update_meta(version, status="promoted", approved_by=by,
+                                      approved_at=time.time())
+            await self._record(version, "promoted", f"promoted {version}, approved by {by}")
+        return f"Approved: {version} is now the active adapter."
+
+    async def reject_candidate(self, by: str) -> str:
+        """Drop the waiting candidate; the active adapter stays."""
+        async with self.lock:
+            version = self._waiting()
+            if version is None:
+                return "No candidate is waiting for approval."
+            self.registry.update_meta(version, status="rejected", rejected_by=by,
+                                      rejected_at=time.time())
+            await self._record(version, "rejected", f"rejected {version} by {by}")
+        return (f"Rejected {version}; {self.registry.active() or 'the base model'} stays "
+                "active.")
+
+    async def _record(self, version: str, status: str, summary: str) -> None:
+        meta = self.registry.meta(version)
+        run_id = meta.get("run_id")
+        if not isinstance(run_id, int):
+            return
+        run = next((r for r in await self.store.runs(limit=1000) if r.id == run_id), None)
+        if run is not None:
+            await self.store.finish_run(run_id, status, version=version, parent=run.parent,
+                                        summary=summary, report=run.report)
 
     def adapters_text(self) -> str:
         if not self.registry.versions():

@@ -1,7 +1,8 @@
 """The training child: ``python -m training.sft JOB.json``.
 
 A short entry point, like trl's ``scripts/sft.py``: it rebuilds the :class:`~training.job.TrainJob`
-the parent wrote, hands it to the SFT recipe (``training.sft_trainer``), saves the adapter to the
+the parent wrote, hands it to the recipe of ``[training] method`` (SFT: ``training.sft_trainer``;
+KTO, SFT then DPO: ``training.pref_trainer``), saves the ``default`` adapter to the
 job's staging folder, scores candidate against reference (``training.gate.score_all``) and writes
 a :class:`~training.job.TrainResult` to ``result.json``. Any failure exits non-zero without a
 result; the parent then marks the run failed and promotes nothing.
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from training.gate import score_all
-    from training.sft_trainer import load_model, train
+    from training.pref_trainer import train_dpo, train_kto
+    from training.sft_trainer import load_model, replay_answers, train
     from training.template import training_template
 
     torch.set_num_threads(job.threads)
@@ -33,8 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"loading {job.model_path} ({job.threads} threads)")
     model, tokenizer, backend = load_model(job)
     template = training_template(tokenizer)
-    stats = train(job, model, tokenizer, template, backend)
-    model.save_pretrained(job.adapter_out)
+    method = job.training.method
+    if method == "kto":
+        stats = train_kto(job, model, tokenizer, template,
+                          replay_answers(job, model, tokenizer, template))
+    else:
+        stats = train(job, model, tokenizer, template, backend)
+        if method == "sft+dpo":
+            stats = train_dpo(job, model, tokenizer, template, stats)
+    model.set_adapter("default")
+    model.save_pretrained(job.adapter_out, selected_adapters=["default"])
     scores = score_all(job, model, tokenizer, template)
     result = TrainResult(
         backend=backend, stats=stats, scores=scores,

@@ -86,6 +86,8 @@ warmup_steps = 0
 batch_size = 1
 grad_accum = 1
 eval_fraction = 0.34
+base_replay = 4
+report_questions = 2
 """)
     script = tmp_path / "script.txt"
     lines = []

@@ -28,14 +28,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def tcfg(tmp_path: Path, embedded_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
-    # two regression questions instead of the shipped set keep each run short
+    # two regression questions instead of the shipped set keep each run short; with two, one
+    # changed answer is half of them, so only the collapse test keeps the default max_changed
     monkeypatch.setattr(cycle_mod, "load_regression",
                         lambda: ["What is the capital of France?", "How many days has a week?"])
     return Config().replace(
         storage=StorageConfig(dir=str(tmp_path / "var")), model__backend="fake",
         model__name=str(embedded_model_dir), training__max_steps=4,
         training__warmup_steps=0, training__grad_accum=1, training__learning_rate=1e-3,
-        training__eval_fraction=0.3, training__threads=1)
+        training__eval_fraction=0.3, training__threads=1, training__base_replay=4,
+        training__report_questions=2, training__max_changed=0.5)
 
 
 async def _seed_fact(store: Store) -> None:
@@ -112,6 +114,92 @@ async def test_poisoned_run_is_rejected_by_the_probes(tcfg: Config, store: Store
     assert reg.active() is None and model.active_adapter is None
     assert reg.meta("v0001")["status"] == "rejected"  # kept for inspection, not promoted
     assert (await store.runs())[0].status == "rejected"
+
+
+async def test_a_collapsing_candidate_is_rejected_whatever_its_loss(tcfg: Config,
+                                                                      store: Store) -> None:
+    # over-trained (high lr, many steps) and without base replay: the taught fact takes over
+    await _seed_fact(store)
+    cfg = tcfg.replace(training__max_steps=24, training__learning_rate=1e-3,
+                       training__base_replay=0, training__max_changed=0.25,
+                       training__eval_tolerance=10.0)
+    model = FakeChatModel()
+    result = await run_cycle(cfg, store, model=model, say=lambda s: None)
+    assert result.status == "rejected", result.text()
+    assert any("held-out loss improved" in r for r in result.reasons), result.reasons
+    assert any("leak into" in r or "collapsed" in r for r in result.reasons), result.reasons
+    behaviour = result.report["scores"]["behaviour"]
+    assert behaviour["total"] == 2 and (behaviour["leaks"] or behaviour["changed"] == 2)
+    assert Registry(cfg.storage.path).active() is None and model.active_adapter is None
+
+
+async def test_admin_promotion_waits_for_approval(tcfg: Config, store: Store) -> None:
+    await _seed_fact(store)
+    model = FakeChatModel()
+    service = LearningService(tcfg.replace(training__promote="admin"), store, model)
+    result = await service.retrain("test")
+    assert "waits for an admin" in result.text, result.text
+    reg = Registry(tcfg.storage.path)
+    assert reg.active() is None and model.active_adapter is None
+    waiting = service.waiting_candidate()
+    assert waiting is not None and "v0001" in waiting and "held-out loss improved" in waiting
+    assert (await store.runs())[0].status == "waiting"
+    # the replay answers were generated once for this base model and cached
+    assert json.loads((tcfg.storage.path / "runs" / "replay-base.json").read_text())["answers"]
+    assert "is now the active adapter" in await service.approve_candidate("admin:alice")
+    assert reg.active() == "v0001" and model.active_adapter == "v0001"
+    assert reg.meta("v0001")["status"] == "promoted"
+    assert reg.meta("v0001")["approved_by"] == "admin:alice"
+    run = (await store.runs())[0]
+    assert run.status == "promoted" and "approved by admin:alice" in run.summary
+    assert run.report["scores"]["behaviour"]["total"] == 2
+    assert service.waiting_candidate() is None
+    assert "No candidate is waiting" in await service.approve_candidate("admin:alice")
+
+
+def _loads_with_peft(model_dir: Path, adapter: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(adapter))
+    assert list(model.peft_config) == ["default"]  # trl's frozen "ref" copy is not saved
+
+
+@pytest.mark.parametrize("method", ["kto", "sft+dpo"])
+async def test_preference_methods_produce_gated_adapters_that_load(
+        tcfg: Config, store: Store, embedded_model_dir: Path, method: str) -> None:
+    await _seed_fact(store)
+    for i in range(3):
+        await seed_chat(store, [(f"Is Zorbania a country {i}?", "Zorbania is a cheese.")],
+                        user=f"n{i}", feedback=-1)
+    model = FakeChatModel()
+    result = await run_cycle(tcfg.replace(training__method=method), store, model=model,
+                             say=lambda s: None)
+    assert result.status in ("promoted", "rejected"), result.text()
+    assert result.version == "v0001" and result.reasons  # gated like SFT
+    reg = Registry(tcfg.storage.path)
+    reg.validate("v0001")
+    assert (model.active_adapter == "v0001") == (result.status == "promoted")
+    rows = [json.loads(x) for x in (result.run_dir / "prefs.jsonl").read_text().splitlines()]
+    if method == "kto":
+        assert {r["label"] for r in rows} == {True, False}
+        bad = {r["completion"][0]["content"] for r in rows if not r["label"]}
+        assert bad == {"I don't know.", "Zorbania is a cheese."}
+    else:
+        assert rows and all(r["rejected"][0]["content"] == "I don't know." for r in rows)
+        assert result.report["training"]["steps"] > 4  # the SFT stage's 4, then DPO's
+    _loads_with_peft(embedded_model_dir, reg.path("v0001"))
+
+
+async def test_kto_with_only_one_kind_of_rating_is_skipped(tcfg: Config, store: Store) -> None:
+    for i in range(5):
+        await seed_chat(store, [(f"Question {i}?", f"A fine answer number {i}.")], user=f"g{i}")
+    result = await run_cycle(tcfg.replace(training__method="kto"), store, say=lambda s: None)
+    assert result.status == "skipped" and "needs both desirable" in result.summary
+    assert "0 undesirable" in result.summary
+    assert Registry(tcfg.storage.path).versions() == []
 
 
 async def test_killed_training_child_marks_run_failed(tcfg: Config, store: Store,

@@ -78,12 +78,25 @@ async def test_rendered_exactly_as_serving(cfg: Config, store: Store) -> None:
 async def test_scrubbed_before_use(cfg: Config, store: Store) -> None:
     await seed_chat(store, [("my mail is bob@example.com and token "
                              "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0",
-                             "Noted, I will write to bob@example.com.")], user="pii")
+                             "Noted, I will keep that safe.")], user="pii")
     examples, report = build_examples(cfg, await store.training_conversations(), now=time.time())
     blob = json.dumps([e.messages for e in examples])
     assert "bob@example.com" not in blob and "AAHdqTcv" not in blob
     assert "[email]" in blob and "[token]" in blob
-    assert report.scrubbed["email"] == 2 and report.scrubbed["token"] == 1
+    assert report.scrubbed["email"] == 1 and report.scrubbed["token"] == 1
+
+
+async def test_an_answer_that_would_need_a_placeholder_is_dropped(cfg: Config,
+                                                                  store: Store) -> None:
+    """The model never learns to print [email]; the retrieved context is never rewritten."""
+    await seed_chat(store, [("Where do I write?", "Write to bob@example.com.")], user="pii")
+    await seed_chat(store, [("Who runs support?", "Ana runs support.")], user="ctx",
+                    sources=[{"text": "Support: ana@example.org, +55 11 91234-5678",
+                              "source": "team.md"}])
+    examples, report = build_examples(cfg, await store.training_conversations(), now=time.time())
+    assert report.dropped["pii_in_answer"] == 1
+    assert [e.messages[-1]["content"] for e in examples] == ["Ana runs support."]
+    assert "ana@example.org, +55 11 91234-5678" in examples[0].messages[0]["content"]
 
 
 async def test_too_many_tokens_trims_history_then_drops(cfg: Config, store: Store) -> None:
@@ -143,3 +156,67 @@ async def test_moderation_guard_keeps_flagged_examples_out(cfg: Config, store: S
                                       now=time.time(), guard=build_guard(cfg.moderation))
     assert report.dropped["moderated"] == 2
     assert [ex.messages[-1]["content"] for ex in examples] == ["Bananas are yellow."]
+
+
+async def test_export_marks_only_the_final_answer_as_trained(cfg: Config, store: Store,
+                                                             tmp_path: Path) -> None:
+    # the first answer is 👎'd, the second 👍'd: the 👍 example carries the 👎 turn as context
+    u = await store.ensure_user("terminal", "w", "w")
+    conv = await store.active_conversation(u.id, "terminal", "chat-w")
+    q1 = await store.add_message(conv, "user", "What is 2+2?", status="pending")
+    a1 = await store.answer(q1, conv, "Five, surely.", model="m", adapter=None, latency_s=0.1,
+                            sources=[])
+    await store.set_feedback(a1, u.id, -1)
+    q2 = await store.add_message(conv, "user", "Are you sure?", status="pending")
+    a2 = await store.answer(q2, conv, "Sorry: it is 4.", model="m", adapter=None,
+                            latency_s=0.1, sources=[])
+    await store.set_feedback(a2, u.id, 1)
+    out = tmp_path / "w.jsonl"
+    n, _ = await export_jsonl(cfg, store, out)
+    [line] = [json.loads(x) for x in out.read_text().splitlines()]
+    assert n == 1
+    weights = [(m["role"], m["content"], m["weight"]) for m in line["messages"]]
+    assert weights[-1] == ("assistant", "Sorry: it is 4.", 1)
+    assert ("assistant", "Five, surely.", 0) in weights  # history: context, no loss
+    assert sum(w for _, _, w in weights) == 1
+
+
+async def test_split_is_by_conversation_and_shares_no_turn(cfg: Config, store: Store) -> None:
+    for i in range(12):  # 12 conversations of 3 rated turns each
+        await seed_chat(store, [(f"Conversation {i} question {j} about item {i * 10 + j}?",
+                                 f"Answer {j} of conversation {i}: value {i * 31 + j}.")
+                                for j in range(3)], user=f"c{i}")
+    examples, report = build_examples(cfg, await store.training_conversations(), now=time.time())
+    assert len(examples) == 36
+    split = split_examples(cfg, examples, set(), report)
+    train_convs = {e.conversation_id for e in split.train}
+    eval_convs = {e.conversation_id for e in split.eval}
+    assert split.eval and split.train and not train_convs & eval_convs
+    turns = lambda exs: {(m["role"], m["content"]) for e in exs  # noqa: E731
+                         for m in e.messages if m["role"] != "system"}
+    assert not turns(split.train) & turns(split.eval)
+    assert report.eval_conversations == len(eval_convs)
+    assert report.to_dict()["train_conversations"] == len(train_convs)
+
+
+async def test_a_group_example_holds_no_other_members_text(cfg: Config, store: Store) -> None:
+    # two members talk to the bot in the same group chat, turns interleaved
+    alice = await store.ensure_user("telegram", "alice", "Alice")
+    bob = await store.ensure_user("telegram", "bob", "Bob")
+    for k in range(2):
+        for user, name in ((alice, "alice"), (bob, "bob")):
+            conv = await store.active_conversation(user.id, "telegram", "group-1")
+            q = await store.add_message(conv, "user", f"{name} secret question {k}?",
+                                        status="pending")
+            a = await store.answer(q, conv, f"Answer for {name} number {k}.", model="m",
+                                   adapter=None, latency_s=0.1, sources=[])
+            await store.set_feedback(a, user.id, 1)
+    examples, _ = build_examples(cfg, await store.training_conversations(), now=time.time())
+    assert len(examples) == 4
+    for ex in examples:
+        text = json.dumps(ex.messages)
+        owner = "alice" if "alice" in ex.messages[-2]["content"] else "bob"
+        other = "bob" if owner == "alice" else "alice"
+        assert other not in text, text
+    second = [e for e in examples if e.messages[-2]["content"].endswith("question 1?")]
+    assert all(len(e.messages) == 5 for e in second)  # own history kept: system + 2 turns

@@ -79,14 +79,14 @@ def test_the_child_refuses_a_job_file_that_does_not_match(tmp_path: Path, edit: 
 
 def test_result_round_trips_and_summarises(tmp_path: Path) -> None:
     stats = TrainStats(loss_curve=[[1, 2.5], [2, 2.0]], train_loss=2.25, train_runtime_s=3.0,
-                       samples_per_s=4.0, steps=2, epochs=1.0, examples=12)
+                       samples_per_s=4.0, steps=2, epochs=1.0, examples=12, replay=3)
     result = TrainResult(backend="peft-lora-cpu", stats=stats,
                          scores={"heldout": {"candidate": {"loss": 1.0}}}, peak_rss_mb=900.0,
                          duration_s=10.0, threads=1)
     again = TrainResult.from_json(result.to_json())
     assert again == result and again.peak_cuda_mb is None
     assert again.summary() == {
-        "backend": "peft-lora-cpu", "steps": 2, "epochs": 1.0, "examples": 12,
+        "backend": "peft-lora-cpu", "steps": 2, "epochs": 1.0, "examples": 12, "replay": 3,
         "train_loss": 2.25, "train_runtime_s": 3.0, "samples_per_s": 4.0, "peak_rss_mb": 900.0,
         "duration_s": 10.0, "threads": 1, "peak_cuda_mb": None}
     data = json.loads(result.to_json())

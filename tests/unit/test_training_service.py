@@ -14,8 +14,8 @@ from data.store import Store
 from llm.fake import FakeChatModel
 from tests.fakes.training_data import write_adapter_files
 from training import service as service_mod
-from training.cycle import CycleResult
 from training.errors import TrainingError
+from training.outcome import CycleResult
 from training.registry import Registry
 from training.scheduler import LAST_RUN_KEY, NightlyScheduler, cron_trigger
 from training.service import LearningService
@@ -141,3 +141,54 @@ async def test_sync_active_follows_a_pointer_moved_by_another_process(cfg: Confi
     reg.set_active(v2)
     (reg.path(v2) / "adapter_config.json").unlink()  # corrupt: refused, v1 kept
     assert await svc.sync_active() is None and model.active_adapter == v1
+
+
+async def test_a_waiting_candidate_is_rejected_or_approved_by_an_admin(
+        cfg: Config, store: Store) -> None:
+    model = FakeChatModel()
+    svc = LearningService(cfg, store, model)
+    assert svc.waiting_candidate() is None
+    assert "No candidate is waiting" in await svc.reject_candidate("admin:a")
+    run_id = await store.start_run("test")
+    await store.finish_run(run_id, "rejected", version="v0001", summary="waits",
+                           report={"scores": {"x": 1}})
+    reg = svc.registry
+    version = reg.register(write_adapter_files(reg.staging_dir()),
+                           {"status": "waiting", "run_id": run_id, "examples": 5,
+                            "reasons": ["held-out loss improved 2.0 -> 1.0"]})
+    text = svc.waiting_candidate()
+    assert text is not None and version in text and "5 examples" in text
+    assert "stays active" in await svc.reject_candidate("admin:bob")
+    assert reg.meta(version)["status"] == "rejected" and reg.active() is None
+    assert reg.meta(version)["rejected_by"] == "admin:bob" and model.active_adapter is None
+    run = (await store.runs())[0]
+    assert run.status == "rejected" and "by admin:bob" in run.summary
+    assert run.report == {"scores": {"x": 1}}
+    assert svc.waiting_candidate() is None
+
+
+async def test_forget_purges_preference_rows_and_sampled_questions(cfg: Config,
+                                                                   store: Store) -> None:
+    import json
+
+    run = cfg.storage.path / "runs" / "r1"
+    (run / "job").mkdir(parents=True)
+    secret, other = "my secret question?", "a public question?"
+    prefs = [{"prompt": [{"role": "user", "content": q}],
+              "completion": [{"role": "assistant", "content": "x"}], "label": True}
+             for q in (secret, other)]
+    (run / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prefs))
+    (run / "job" / "job.json").write_text(json.dumps({"report_questions": [secret, other]}))
+    rows = [{"question": q, "reference": "a", "candidate": "b"} for q in (secret, other)]
+    (run / "report.json").write_text(json.dumps({"scores": {"recent": {"rows": rows}}}))
+    meta = cfg.storage.path / "adapters" / "v0001" / "meta.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"scores": {"recent": {"rows": rows}}}))
+    run_id = await store.start_run("test")
+    await store.finish_run(run_id, "rejected", report={"scores": {"recent": {"rows": rows}}})
+    svc = LearningService(cfg, store, None)
+    assert await svc.purge_texts([secret]) == 5
+    blob = "".join(p.read_text() for p in [*run.rglob("*.json*"), meta])
+    assert secret not in blob and other in blob
+    stored = json.dumps((await store.runs(1))[0].report)
+    assert secret not in stored and other in stored
