@@ -1,9 +1,10 @@
 """The composition root: the one place that wires NightOwl.
 
 store → model → knowledge → learning → core (:func:`open_services`), then the platforms, the
-metrics endpoint, the chores and the nightly scheduler (:func:`run_platforms`), each opened with
-a nested ``async with`` and closed in reverse order; everything is passed down through
-constructors. A piece that is switched off (no token, ``[rag] enabled = false``...) yields None.
+console, the metrics endpoint, the chores and the nightly scheduler (:func:`run_platforms`),
+each opened with a nested ``async with`` and closed in reverse order; everything is passed down
+through constructors. A piece that is switched off (no token, ``[rag] enabled = false``...)
+yields None.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from data.errors import StoreError
 from data.lock import storage_lock
 from data.store import Store
 from llm.base import ChatModel
-from llm.errors import BusyError
 from llm.factory import open_model
 from rag.knowledge import Knowledge, ensure_sample, open_knowledge
-from training.cycle import run_lock
+from training.cycle import no_live_run
 from training.scheduler import NightlyScheduler
 from training.service import LearningService
 
@@ -116,21 +116,12 @@ async def _learning(cfg: Config, store: Store, model: ChatModel,
     return service
 
 
-def _no_live_run(storage: Path) -> bool:
-    """No process is training on this storage dir (another one's run is live, not stale)."""
-    try:
-        with run_lock(storage):
-            return True
-    except BusyError:
-        return False
-
-
 @asynccontextmanager
 async def open_services(cfg: Config, *, say: Say = print, knowledge: bool = True,
                         learning: bool = True) -> AsyncIterator[Services]:
     """Open the store, the model, the knowledge base and the learning service; build the core."""
     async with open_store(cfg, check=True) as store:
-        stale = await store.fail_stale_runs() if _no_live_run(cfg.storage.path) else 0
+        stale = await store.fail_stale_runs() if no_live_run(cfg.storage.path) else 0
         if stale:
             log.warning("marked %d interrupted training run(s) as failed", stale)
         async with _model(cfg, say) as model, _knowledge(cfg, store, knowledge, say) as kb:
@@ -166,6 +157,30 @@ async def _discord(cfg: Config, core: Core, say: Say) -> AsyncIterator[object | 
     async with DiscordBot(cfg.discord, core, token) as bot:
         say("Discord: connected.")
         yield bot
+
+
+@asynccontextmanager
+async def _console(svc: Services, say: Say) -> AsyncIterator[object | None]:
+    if not svc.cfg.console.enabled:
+        yield None
+        return
+    from bot.console.server import Console
+
+    console = Console(svc.core, svc.cfg)
+    try:
+        await console.__aenter__()
+    except ConfigError as exc:  # a busy port must not keep the bots from running
+        log.error("console not started: %s", exc)
+        say(f"Console: not started ({exc})")
+        yield None
+        return
+    try:
+        say(f"Console: {console.url}")
+        if not console.has_admin:
+            say("Console: no admin yet; run `nightowl console passwd` to set a password.")
+        yield console
+    finally:
+        await console.__aexit__(None, None, None)
 
 
 @asynccontextmanager
@@ -232,6 +247,10 @@ async def run_platforms(cfg: Config, say: Say = print,
     if not cfg.secret(cfg.telegram.token_env) and not cfg.secret(cfg.discord.token_env):
         raise ConfigError(f"no platform token is set: export {cfg.telegram.token_env} (Telegram) "
                           f"and/or {cfg.discord.token_env} (Discord), or use `nightowl chat`.")
+    if cfg.console.enabled:
+        from bot.console.app import check_bind
+
+        check_bind(cfg.console)  # before the model loads: a refused address fails fast
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     on_signal = ShutdownSignals(stop, say)
@@ -244,7 +263,8 @@ async def run_platforms(cfg: Config, say: Say = print,
 
 async def _serve(cfg: Config, say: Say, stop: asyncio.Event) -> int:
     async with open_services(cfg, say=say) as svc, _telegram(cfg, svc.core, say), \
-            _discord(cfg, svc.core, say), _metrics(svc, say), _chores(svc), _nightly(svc, say):
+            _discord(cfg, svc.core, say), _console(svc, say), _metrics(svc, say), _chores(svc), \
+            _nightly(svc, say):
         say("NightOwl is running. Press Ctrl+C to stop.")
         await stop.wait()
     return 0

@@ -4,7 +4,7 @@ Each package owns its section next to the code that reads it (``[storage]`` in `
 ``[model]`` and ``[serve]`` in ``llm.config``, ``[rag]`` in ``rag.config``,
 ``[training]``/``[privacy]`` in ``training.config``; the bot's own sections next to their
 readers: ``bot.core.config``, ``bot.telegram.config``, ``bot.discord.config``,
-``bot.logs``); this module composes them all into :class:`Config` and
+``bot.console.config``, ``bot.logs``); this module composes them all into :class:`Config` and
 is the one TOML loader. Every setting is a dataclass field. Unknown keys, wrong types and
 out-of-range values are errors whose message names the file, the key and what is allowed.
 Secrets never live in the file: a ``*_env`` setting names the environment variable that holds
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.console.config import ConsoleConfig
 from bot.core.config import ChatConfig, LimitsConfig, MetricsConfig, ModerationConfig
 from bot.core.errors import ConfigError
 from bot.discord.config import DiscordConfig
@@ -53,6 +54,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     source: str = field(default="<defaults>", compare=False)
 
     def replace(self, **sections: Any) -> Config:

