@@ -1,19 +1,28 @@
 """Retrieval benchmark: prints ONE JSON line.
 
-Ingests the sample guide and the evaluation documents (tests/data/rag/docs) and measures recall@1,
-recall@3 and MRR over tests/data/rag/eval.jsonl (a hit is a passage from the expected source whose
-section contains the expected section). Then it fills the store with generated inventory records up
-to ``--chunks`` chunks (default 10,000) and measures ingest throughput (filler chunks per second,
-embedding included), query latency p50/p95 (``Knowledge.search``, embedding included) and the same
-recall again with the distractors (``*_with_filler``).
+1. Ingests the sample guide and the evaluation documents (tests/data/rag/docs) and measures
+   recall@1, recall@3 and MRR over tests/data/rag/eval.jsonl (a hit is a passage from the expected
+   source whose section contains the expected section).
+2. Ingests the Portuguese and mixed notes (tests/data/kb_pt) next to them and measures the same per
+   language over tests/data/retrieval_eval_pt.jsonl (a hit is a passage from the expected note):
+   ``pt_*`` for the Portuguese questions, ``en_*`` for the English ones. ``unrelated_answered`` is
+   how many of ``UNRELATED`` (off-topic questions) got any passage: it should stay 0.
+3. Fills the store with generated inventory records up to ``--chunks`` chunks (default 10,000)
+   and measures ingest throughput (filler chunks per second, embedding included), query latency
+   p50/p95 (``Knowledge.search``, embedding included) and the recall figures again with the
+   distractors (``*_with_filler``).
 
-    .venv/bin/python bench/retrieval.py [--chunks 10000] [--embedding-model embedded]
+``--sweep`` instead runs step 1 and 2 once and evaluates a grid of fusion settings
+(``keyword_weight`` x ``min_keyword_score``) on both sets; the line holds one entry per setting.
+
+    .venv/bin/python bench/retrieval.py [--chunks 10000] [--embedding-model embedded] [--sweep]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -32,12 +41,25 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA = ROOT / "tests" / "data" / "rag"
+KB_PT = ROOT / "tests" / "data" / "kb_pt"
+EVAL_PT = ROOT / "tests" / "data" / "retrieval_eval_pt.jsonl"
+UNRELATED = [
+    "What is the capital of France?", "How do I bake sourdough bread?",
+    "Who won the football world cup in 1998?", "How tall is Mount Everest?",
+    "Qual é a capital da Argentina?", "Como faço um bolo de cenoura com cobertura?",
+    "Quem ganhou a copa do mundo de 2002?", "Que horas abre o mercado municipal no domingo?",
+    "Quanto custa uma passagem de ônibus para o Rio?", "Qual é a melhor praia de Santa Catarina?",
+]
 PRODUCTS = """mug bowl lamp chair desk shelf kettle blender toaster pillow blanket curtain rug
 mirror vase clock frame basket candle towel jar tray stool bench cabinet drawer hook bin crate
 """.split()
 ADJ = "blue red green white black oak steel ceramic glass linen wool bamboo copper matte".split()
 CITIES = "Lisbon Porto Leeds Lyon Gdansk Austin Denver Osaka Perth Quito Tunis Oslo".split()
 NAMES = "Silva Okafor Jensen Moreau Novak Ito Kaur Haddad Rossi Park Alves Brandt".split()
+SWEEP_WEIGHTS = (0.5, 1.0, 1.5, 2.0, 3.0)
+SWEEP_MIN_KW = (0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
+
+Got = list[tuple[dict[str, str], list[tuple[str, str]]]]
 
 
 def filler(folder: Path, chunks: int, seed: int = 7) -> None:
@@ -66,7 +88,7 @@ def filler(folder: Path, chunks: int, seed: int = 7) -> None:
         (folder / f"inventory-{f:04d}.md").write_text("\n\n".join(parts), encoding="utf-8")
 
 
-def evaluate(results: list[tuple[dict[str, str], list[tuple[str, str]]]]) -> dict[str, float]:
+def evaluate(results: Got, prefix: str = "") -> dict[str, float]:
     r1 = r3 = rr = 0.0
     for item, got in results:
         ranks = [i for i, (src, sec) in enumerate(got, 1) if src == item["source"]
@@ -76,20 +98,62 @@ def evaluate(results: list[tuple[dict[str, str], list[tuple[str, str]]]]) -> dic
         r3 += first is not None and first <= 3
         rr += 1.0 / first if first else 0.0
     n = len(results) or 1
-    return {"recall_at_1": round(r1 / n, 3), "recall_at_3": round(r3 / n, 3),
-            "mrr": round(rr / n, 3)}
+    return {f"{prefix}recall_at_1": round(r1 / n, 3), f"{prefix}recall_at_3": round(r3 / n, 3),
+            f"{prefix}mrr": round(rr / n, 3)}
 
 
-async def ask(kb: Any, questions: list[dict[str, str]]
-              ) -> list[tuple[dict[str, str], list[tuple[str, str]]]]:
+def by_language(results: Got, suffix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for lang in ("pt", "en"):
+        part = evaluate([r for r in results if r[0]["lang"] == lang], f"{lang}_")
+        out.update({k + suffix: v for k, v in part.items()})
+    return out
+
+
+def misses(results: Got) -> list[str]:
+    return [f"{item['lang']}: {item['question']} -> {[s for s, _ in got]}"
+            for item, got in results if item["source"] not in [s for s, _ in got[:3]]]
+
+
+async def ask(kb: Any, questions: list[dict[str, str]], qvecs: dict[str, list[float]] | None = None
+              ) -> Got:
     got = []
     for item in questions:
-        passages = await kb.search(item["question"], 3)
+        if qvecs is None:
+            passages = await kb.search(item["question"], 3)
+        else:  # the sweep: document search only, the question embedded once
+            passages = await kb._search.search(item["question"], 3, qvec=qvecs[item["question"]])
         got.append((item, [(p.source, p.section) for p in passages]))
     return got
 
 
-async def run(args: argparse.Namespace) -> dict[str, float | int | str]:
+def load(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
+async def sweep(kb: Any, questions: list[dict[str, str]], pt: list[dict[str, str]]
+                ) -> dict[str, Any]:
+    from rag.base import embed_query
+
+    texts = [q["question"] for q in questions + pt] + UNRELATED
+    qvecs = {t: embed_query(kb.embedder, t) for t in texts}
+    base = kb._search.cfg
+    rows = []
+    for weight in SWEEP_WEIGHTS:
+        for min_kw in SWEEP_MIN_KW:
+            kb._search.cfg = dataclasses.replace(base, keyword_weight=weight,
+                                                 min_keyword_score=min_kw)
+            unrelated = await ask(kb, [{"question": t} for t in UNRELATED], qvecs)
+            rows.append({"keyword_weight": weight, "min_keyword_score": min_kw,
+                         **evaluate(await ask(kb, questions, qvecs)),
+                         **by_language(await ask(kb, pt, qvecs)),
+                         "unrelated_answered": sum(bool(g) for _, g in unrelated)})
+    kb._search.cfg = base
+    return {"sweep": rows}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from data.config import StorageConfig
@@ -103,18 +167,26 @@ async def run(args: argparse.Namespace) -> dict[str, float | int | str]:
         rag: RagConfig
 
     torch.set_num_threads(os.cpu_count() or 1)
-    questions = [json.loads(line) for line in (DATA / "eval.jsonl").read_text().splitlines()
-                 if line.strip()]
+    questions, pt = load(DATA / "eval.jsonl"), load(EVAL_PT)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Settings(StorageConfig(dir=str(Path(tmp) / "var")),
                        RagConfig(embedding_model=args.embedding_model))
         async with Store(Path(tmp) / "nightowl.db") as store:
             kb = await open_knowledge(cfg, store)
             base = await kb.ingest([SAMPLE_DIR, DATA / "docs"])
+            got_small = await ask(kb, questions)
+            started = time.perf_counter()
+            base += await kb.ingest([KB_PT])
+            notes_s = time.perf_counter() - started
             bad = [r.line() for r in base if r.status == "skipped"]
             if bad:
                 raise SystemExit(f"evaluation documents were skipped: {bad}")
-            got_small = await ask(kb, questions)
+            if args.sweep:
+                out = await sweep(kb, questions, pt)
+                await kb.aclose()
+                return {**out, "embedding_model": args.embedding_model}
+            got_pt = await ask(kb, pt)
+            unrelated = await ask(kb, [{"question": t} for t in UNRELATED])
             fill_dir = Path(tmp) / "filler"
             fill_dir.mkdir()
             target = max(args.chunks - await kb.count(), 0)
@@ -124,11 +196,14 @@ async def run(args: argparse.Namespace) -> dict[str, float | int | str]:
             ingest_s = time.perf_counter() - started
             fill_chunks = sum(r.chunks for r in fill)
             total = await kb.count()
-            await kb.search("warm up the caches")
+            started = time.perf_counter()
+            await kb.search("warm up the caches")  # loads the mirror: every chunk, BM25 built
+            load_s = time.perf_counter() - started
             got = await ask(kb, questions)
+            got_pt_filler = await ask(kb, pt)
             times = []
             for _ in range(args.rounds):
-                for item in questions:
+                for item in questions + pt:
                     t0 = time.perf_counter()
                     await kb.search(item["question"])
                     times.append((time.perf_counter() - t0) * 1000)
@@ -137,13 +212,19 @@ async def run(args: argparse.Namespace) -> dict[str, float | int | str]:
                 kb.collection.get, include=["metadatas"], limit=2000))["metadatas"]]
             await kb.aclose()
     at_10k = {f"{k}_with_filler": v for k, v in evaluate(got).items()}
-    return {**evaluate(got_small), **at_10k,
+    return {**evaluate(got_small), **at_10k, **by_language(got_pt),
+            **by_language(got_pt_filler, "_with_filler"),
+            "unrelated_answered": sum(bool(g) for _, g in unrelated),
             "ingest_chunks_s": round(fill_chunks / ingest_s, 1),
+            "notes_ingest_s": round(notes_s, 2), "mirror_load_s": round(load_s, 2),
             "query_p50_ms": round(statistics.median(times), 2),
             "query_p95_ms": round(times[int(0.95 * (len(times) - 1))], 2),
             "chunks": total, "questions": len(questions),
+            "pt_questions": sum(q["lang"] == "pt" for q in pt),
+            "en_questions": sum(q["lang"] == "en" for q in pt),
             "chunk_tokens_mean": round(statistics.mean(tokens), 1) if tokens else 0,
-            "embedding_model": args.embedding_model}
+            "embedding_model": args.embedding_model,
+            "misses": misses(got_pt) if args.misses else []}
 
 
 def main() -> None:
@@ -151,6 +232,8 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5, help="latency passes over the questions")
     parser.add_argument("--embedding-model", default="embedded")
+    parser.add_argument("--sweep", action="store_true", help="evaluate a grid of fusion settings")
+    parser.add_argument("--misses", action="store_true", help="list the pt/en set's misses")
     args = parser.parse_args()
     import logging
 

@@ -26,7 +26,8 @@ class RagConfig:
     sample_on_first_run: bool = True
     hybrid: bool = True
     embedding_dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))
-    min_keyword_score: float = setting(0.75, 0.0, 1.0)
+    min_keyword_score: float = setting(0.5, 0.0, 1.0)
+    keyword_weight: float = setting(3.0, 0.0, 100.0)
     exact_search_max: int = setting(200_000, 0, 100_000_000)
     correction_notes: bool = True
     note_min_score: float = setting(0.7, -1.0, 1.0)

@@ -10,6 +10,8 @@ Invariants:
 - A file whose content hash is recorded and whose chunks are all present is not embedded again.
 - Chat uploads are stored only under ``<storage>/uploads/<uploader>/`` with a sanitised name,
   written (atomically) only once their chunks are stored.
+- Every chunk is stored with its keyword terms and the analyzer version that made them
+  (:func:`rag.keyword.terms_metadata`); reindex recomputes them with the current analyzer.
 - Reindex embeds every chunk into a fresh collection and swaps it in only when complete.
 - After every write ``on_change`` is called, so search never serves a mirror of an older store.
 """
@@ -33,6 +35,7 @@ from rag.chroma import ChunkCollection
 from rag.chunking import Chunk, Chunker, embed_text
 from rag.errors import KnowledgeError
 from rag.extract import Limits, Skip, extract, read_file, size_limit_reason
+from rag.keyword import terms_metadata
 
 if TYPE_CHECKING:
     from data.store import Store
@@ -199,7 +202,8 @@ class Ingestion:
         ids = [f"{key}:{digest[:12]}:{i}" for i in range(len(chunks))]
         metas: list[dict[str, Any]] = [
             {"source": source, "name": name, "section": c.section, "content_hash": digest,
-             "idx": i, "tokens": c.tokens, "by": by} for i, c in enumerate(chunks)]
+             "idx": i, "tokens": c.tokens, "by": by, **terms_metadata(name, c.section, c.text)}
+            for i, c in enumerate(chunks)]
         collection = self.chunks.collection
         for start in range(0, len(chunks), ADD_BATCH):
             part = chunks[start: start + ADD_BATCH]
@@ -266,6 +270,8 @@ class Ingestion:
             for start in range(0, total, ADD_BATCH):
                 end = start + ADD_BATCH
                 docs, metas = old.documents[start:end], old.metadatas[start:end]
+                metas = [{**m, **terms_metadata(str(m.get("name", "")), str(m.get("section", "")),
+                                                d)} for d, m in zip(docs, metas, strict=True)]
                 vecs = self.embedder.embed([embed_text(d, str(m.get("section", "")))
                                             for d, m in zip(docs, metas, strict=True)])
                 new.add(ids=old.ids[start:end], embeddings=vecs, documents=docs, metadatas=metas)

@@ -6,9 +6,12 @@ Invariants:
   store has at most ``[rag] exact_search_max`` chunks, the vectors). The mirror is rebuilt when the
   store's signature (``Store.kb_signature``) changes or a write calls :meth:`Search.invalidate`.
 - Dense search is exact over the mirror's vectors when it has them, else Chroma's HNSW index.
-- Dense and keyword rankings are fused by reciprocal rank fusion; a passage is kept only if its
-  vector similarity reaches ``min_score`` or its keyword coverage ``min_keyword_score`` (no context
-  beats wrong context). Near-duplicates are dropped and the result fits ``context_tokens``.
+- The BM25 index is built from the terms stored with each chunk (:func:`rag.keyword.stored_terms`);
+  terms of another analyzer version are recomputed in memory, never mixed.
+- Dense and keyword rankings are fused by weighted reciprocal rank fusion (dense weight 1, keyword
+  ``keyword_weight`` times the passage's keyword coverage); a passage is kept only if its vector
+  similarity reaches ``min_score`` or its keyword coverage ``min_keyword_score`` (no context beats
+  wrong context). Near-duplicates are dropped and the result fits ``context_tokens``.
 - While the stored vectors come from another model than the configured embedder, search is
   keyword-only (vectors of two models cannot be compared).
 - Every search runs on one dedicated thread, whose torch ops never start an OpenMP pool next to
@@ -20,14 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm.threads import torch_serial_executor
 from rag.base import Embedder, Passage, embed_query
 from rag.chroma import ChunkCollection
-from rag.chunking import Chunker, embed_text
-from rag.keyword import KeywordIndex, tokenize
+from rag.chunking import Chunker
+from rag.keyword import TERMS_KEY, KeywordIndex, stored_terms, word_set
 
 if TYPE_CHECKING:
     from data.store import Store
@@ -92,9 +94,18 @@ class Search:
     def _load_mirror(self) -> Mirror:
         exact = 0 < self.chunks.count() <= self.cfg.exact_search_max
         rec = self.chunks.read_all(embeddings=exact)
-        index = KeywordIndex([
-            f"{Path(str(m.get('name', ''))).stem} {embed_text(t, str(m.get('section', '')))}"
-            for t, m in zip(rec.documents, rec.metadatas, strict=True)] if self.cfg.hybrid else [])
+        terms: list[list[str]] = []
+        stale = 0
+        for text, meta in zip(rec.documents, rec.metadatas, strict=True):
+            if self.cfg.hybrid:
+                got, redone = stored_terms(meta, text)
+                terms.append(got)
+                stale += redone
+            meta.pop(TERMS_KEY, None)  # not needed once indexed; keeps the mirror small
+        if stale:
+            log.info("%d chunks were keyword-indexed by another text analyzer: analysed again "
+                     "in memory (`nightowl kb reindex` stores the new terms)", stale)
+        index = KeywordIndex(terms)
         vectors = None
         if rec.vectors is not None:
             import numpy as np
@@ -137,13 +148,14 @@ class Search:
                 cands[cid] = {"text": doc, "meta": meta, "dense": sim,
                               "rrf": 1.0 / (RRF_K + rank + 1)}
         if self.cfg.hybrid:
-            for rank, (i, _score, coverage) in enumerate(mirror.index.search(query, n_cand)):
-                cid = mirror.ids[i]
-                c = cands.setdefault(cid, {"text": mirror.texts[i], "meta": mirror.metas[i],
-                                           "dense": None, "rrf": 0.0})
-                c["kw"] = coverage
+            for rank, hit in enumerate(mirror.index.search(query, n_cand)):
+                cid = mirror.ids[hit.doc]
+                c = cands.setdefault(cid, {"text": mirror.texts[hit.doc],
+                                           "meta": mirror.metas[hit.doc], "dense": None,
+                                           "rrf": 0.0})
+                c["kw"] = hit.coverage
                 # Weighted by coverage: matching only a common word barely moves the ranking.
-                c["rrf"] += coverage / (RRF_K + rank + 1)
+                c["rrf"] += self.cfg.keyword_weight * hit.coverage / (RRF_K + rank + 1)
         if dense_ok and qvec is not None:
             self._fill_dense(cands, qvec, mirror)
         kept = []
@@ -204,7 +216,7 @@ class Search:
         for _rrf, score, cid, c in kept:
             if len(chosen) >= k:
                 break
-            words = set(tokenize(c["text"]))
+            words = word_set(c["text"])
             if any(len(words & s) / max(len(words | s), 1) >= DUPLICATE_JACCARD for s in seen):
                 continue
             meta = c["meta"]
