@@ -44,10 +44,8 @@ async def test_corrections_teach_a_fact_that_the_served_model_then_answers(
                         lambda: ["What is the capital of France?", "How many days has a week?"])
     cfg = Config().replace(
         storage=StorageConfig(dir=str(tmp_path / "var")), model__name=str(embedded_model_dir),
-        model__temperature=0.0, training__epochs=3.0, training__grad_accum=1,
-        training__warmup_steps=2, training__learning_rate=5e-4, training__eval_fraction=0.2,
-        training__threads=1, training__min_steps=0,
-        training__max_changed=0.5)
+        model__temperature=0.0, training__eval_fraction=0.2, training__threads=1,
+        training__min_steps=40, training__max_changed=0.5)  # else the product's recipe
     n = 0
     for q in QUESTIONS:
         for a in ANSWERS:
