@@ -85,17 +85,18 @@ def test_sparse_head_loss_equals_trl_loss(embedded_model_dir: Path, tmp_path: Pa
 
     from training.config import TrainingConfig
     from training.job import TrainJob
+    from training.recipe import plan, tokenize
     from training.sft_trainer import load_model, sft_config, sparse_head_trainer
 
     job = TrainJob(model_path=str(embedded_model_dir), training=TrainingConfig(max_steps=1),
                    job_dir=str(tmp_path), train_file=str(tmp_path / "train.jsonl"),
                    adapter_out=str(tmp_path / "adapter"))
     model, tok, backend = load_model(job)
-    tok.chat_template = CHATML_TEMPLATE
-    data = Dataset.from_list([{"messages": c} for c in CONVS])
-    args = sft_config(job, tmp_path / "out", backend)
+    rows = [tokenize(tok, CHATML_TEMPLATE, c, max_len=512) for c in CONVS]
+    data = Dataset.from_list(rows)
+    args = sft_config(job, tmp_path / "out", backend, plan(job.training, len(rows), 0))
     losses = []
-    for cls in (SFTTrainer, sparse_head_trainer()):
+    for cls in (SFTTrainer, sparse_head_trainer(0.0)):
         trainer = cls(model=model, args=args, train_dataset=data, processing_class=tok)
         batch = next(iter(trainer.get_train_dataloader()))
         assert batch["input_ids"].shape[0] == 1  # padding-free: the batch is one flat row

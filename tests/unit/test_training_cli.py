@@ -37,7 +37,7 @@ def test_adapters_and_rollback(cfg: Config, capsys: pytest.CaptureFixture[str]) 
 
 async def test_export_default_and_explicit_path(cfg: Config, store: Store, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    await seed_chat(store, [("Reach me at a@b.io?", "Sure, a@b.io noted.")], user="x")
+    await seed_chat(store, [("Reach me at a@b.io?", "Sure, I will write to you.")], user="x")
     out = tmp_path / "x.jsonl"
     assert await cmd_export(cfg, store, out) == 0
     record = json.loads(out.read_text())
