@@ -4,6 +4,8 @@
     python bench/generation.py --backend openai --base-url http://127.0.0.1:8000/v1 --model NAME
     python bench/generation.py --compare-llamacpp    # also llama-cpp-python's server (serial)
     python bench/generation.py --compare-llamacpp --llama-server path/to/llama-server  # 8 slots
+    python bench/generation.py --vllm http://127.0.0.1:8011/v1   # also a running vLLM
+    python bench/generation.py --start-vllm   # starts vLLM with scripts/vllm.sh, stops it after
 
 Prompts are ~200 tokens (chat template included); answers are sampled with the default
 settings (temperature 0.3, top-p 0.9, repetition penalty 1.2, fixed seeds) and are exactly
@@ -17,6 +19,9 @@ medians over the rounds, and ``speedup_vs_single`` is the median of the per-roun
 in ``speedup_vs_single_rounds``, the 8-chat rates in ``concurrent8_rounds``). No prompt is sent
 twice (each request takes a new one from a pool of distinct prompts, the same sequence for every
 server compared), so a server's prompt cache never skips a prefill a new chat would need.
+Servers compared (llama.cpp, vLLM) are measured after the embedded model is closed, through
+NightOwl's openai backend, which sends no ``seed`` with temperature > 0 (a seeded sampled
+request kills vLLM CPU's engine), so their answers are sampled unseeded.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class Workload:
 
     new_tokens: int
     fixed: bool = True
+    rounds: int = 5  # single + 8-chat rounds of measure()
 
     def params(self, i: int) -> GenParams:
         return GenParams(max_new_tokens=self.new_tokens, temperature=0.3, top_p=0.9,
@@ -199,13 +205,13 @@ async def bench_openai(base_url: str, name: str, work: Workload,
     model = OpenAIChatModel(cfg)
     try:
         ps = ps or prompts(PROMPTS, model.count_tokens)
-        return await measure(model, work, sequential_naive(model), Pool(ps))
+        return await measure(model, work, sequential_naive(model), Pool(ps), work.rounds)
     finally:
         await model.aclose()
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    work = Workload(args.new_tokens, fixed=not args.natural_length)
+    work = Workload(args.new_tokens, fixed=not args.natural_length, rounds=args.rounds)
     if args.backend == "openai":
         result = await bench_openai(args.base_url, args.model, work)
         result["backend"] = f"openai {args.base_url}"
@@ -217,7 +223,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         ps = prompts(PROMPTS, model.count_tokens)  # llama.cpp, if compared, gets the same
         pool = Pool(ps)
-        result = await measure(model, work, hf_naive(model), pool)
+        result = await measure(model, work, hf_naive(model), pool, work.rounds)
         if args.adapter:
             result.update(await with_adapter(model, pool, work))
     finally:
@@ -225,7 +231,58 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     result["backend"] = f"local batch={args.batch}"
     if args.compare_llamacpp:
         result.update(await compare_llamacpp(args, result, ps, work))
+    if args.vllm or args.start_vllm:
+        result.update(await compare_vllm(args, result, ps, work))
     return result
+
+
+def side_by_side(prefix: str, ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """``theirs`` (a server measured on the same prompts) under ``prefix``, with our ratios."""
+    def ratio(a: float, b: float) -> float | None:
+        return round(a / b, 2) if b else None
+
+    return {f"{prefix}_single_tok_s": theirs["single_tok_s"],
+            f"{prefix}_ttft_single_s": theirs["ttft_single_s"],
+            f"{prefix}8_tok_s": theirs["concurrent8_tok_s"],
+            f"{prefix}32_tok_s": theirs["concurrent32_tok_s"],
+            f"{prefix}_ttft8_p50_s": theirs["ttft8_p50_s"],
+            f"{prefix}_ttft8_p95_s": theirs["ttft8_p95_s"],
+            f"ratio_single_vs_{prefix}": ratio(ours["single_tok_s"], theirs["single_tok_s"]),
+            f"ratio_vs_{prefix}": ratio(ours["concurrent8_tok_s"], theirs["concurrent8_tok_s"]),
+            f"ratio_ttft8_vs_{prefix}": ratio(ours["ttft8_p50_s"], theirs["ttft8_p50_s"])}
+
+
+async def compare_vllm(args: argparse.Namespace, ours: dict[str, Any],
+                       ps: list[list[ChatMessage]], work: Workload) -> dict[str, Any]:
+    """vLLM on the same prompts: ``--vllm URL`` (running), or ``--start-vllm`` (scripts/vllm.sh
+    in a run dir of its own on a free port, stopped afterwards)."""
+    import socket
+    import subprocess
+    import tempfile
+
+    if args.vllm:
+        theirs = await bench_openai(args.vllm, args.model, work, ps)
+        return {"vllm": args.vllm, **side_by_side("vllm", ours, theirs)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = str(ROOT / "scripts" / "vllm.sh")
+    with tempfile.TemporaryDirectory(prefix="bench-vllm-") as run_dir:
+        env = {**os.environ, "NIGHTOWL_VLLM_RUN_DIR": run_dir}
+        t0 = time.perf_counter()
+        started = await asyncio.to_thread(
+            subprocess.run, ["bash", script, "start", "--port", str(port), "--storage",
+                             args.storage], env=env, capture_output=True, text=True)
+        start_s = time.perf_counter() - t0
+        try:
+            if started.returncode != 0:
+                raise SystemExit(f"bash scripts/vllm.sh start failed:\n{started.stderr[-2000:]}")
+            theirs = await bench_openai(f"http://127.0.0.1:{port}/v1", "embedded", work, ps)
+        finally:
+            await asyncio.to_thread(subprocess.run, ["bash", script, "stop"], env=env,
+                                    capture_output=True)
+    return {"vllm": "scripts/vllm.sh (vLLM CPU, LoRA on)", "vllm_start_s": round(start_s, 1),
+            **side_by_side("vllm", ours, theirs)}
 
 
 async def with_adapter(model: LocalChatModel, pool: Pool, work: Workload) -> dict[str, Any]:
@@ -344,6 +401,12 @@ def main() -> int:
                     help="also measure with a LoRA adapter active (default: yes)")
     ap.add_argument("--llama-server", default="",
                     help="llama.cpp's llama-server binary for --compare-llamacpp (8 slots)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds of one single stream + 8 concurrent chats (medians reported)")
+    ap.add_argument("--vllm", default="", metavar="URL",
+                    help="also measure a running vLLM at URL (ending in /v1), same prompts")
+    ap.add_argument("--start-vllm", action="store_true",
+                    help="also measure vLLM, started (and stopped) with scripts/vllm.sh")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")

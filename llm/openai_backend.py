@@ -5,12 +5,26 @@
   variable named by ``[model] api_key_env`` (many local servers need none).
 * ``[model] timeout_s`` bounds connecting and each read. Connection errors, timeouts, 429 and
   5xx answers are retried with exponential backoff (tenacity, 3 attempts) only *before the first
-  token*; once text has streamed, an error ends the answer with a ModelError.
-* Adapters (vLLM): ``set_adapter``/``load_adapter`` POST ``/v1/load_lora_adapter``
-  ``{lora_name: version, lora_path: path}`` (the path must be readable by the server: same host
-  or shared storage; vLLM needs ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``)
-  and requests then select the adapter by sending ``model=version``. Servers without that
-  endpoint (llama.cpp server, Ollama) get a clear AdapterError; the base model keeps serving.
+  token*; once text has streamed, an error ends the answer with a ModelError. A dead vLLM engine
+  (a 500, or a 200 whose stream carries an ``error`` event) is not retried: it is reported at
+  once as a ModelError that says to restart vLLM (:mod:`llm.remote.replies` maps every known
+  vLLM reply to a message that says what to change).
+* ``seed`` is sent only with temperature 0. vLLM's CPU build kills its engine when a sampled
+  (temperature > 0) request with a seed is prefilled in more than one step; a sampled answer
+  is therefore not reproducible through this backend.
+* Adapters: ``set_adapter``/``load_adapter`` load the folder at run time (``POST
+  /v1/load_lora_adapter``; the path must be readable by the server: same host or shared storage;
+  vLLM needs ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``), under the name
+  ``nightowl-vNNNN`` on vLLM (:mod:`llm.remote.adapters`), and requests select one by sending
+  it as ``model``. Each request is pinned to the adapter chosen when it starts: a promotion
+  makes new requests use the new name while requests in flight finish on the old one, which is
+  unloaded once none uses it. Rollback loads the older name again if it was unloaded. A canary
+  (``[model] canary_share``) answers that share of ACTIVE requests under its own name.
+  ``StreamInfo.adapter`` is the NightOwl version that answered (None = base model).
+* A server restart loses runtime adapters: after a connection failure or a dead engine, and on a
+  404 for one of our names, the lost adapters are loaded again before the request goes out (a
+  404 request is sent once more). Servers without the LoRA endpoint get a clear AdapterError;
+  the previous adapter keeps serving.
 * ``count_tokens`` is an APPROXIMATION (no tokenizer is available for a remote model): about four
   characters per token plus four tokens per message, rounded up. History fitting therefore keeps
   a safety margin of 10 %; set ``[model] context_length`` to the server's real window.
@@ -23,28 +37,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from llm.adapters import validate_adapter_dir
+import httpx
+
 from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
 from llm.canary import Canary
 from llm.config import ModelConfig
 from llm.errors import AdapterError, BusyError, ModelError
+from llm.remote import replies
+from llm.remote.adapters import RemoteAdapters
 
 log = logging.getLogger("nightowl.llm")
 
 RETRY_ATTEMPTS = 3
 
 
+class _Missing(Exception):
+    """The server answered 404 for one of our adapter names (it lost it: restart)."""
+
+
 class OpenAIChatModel:
     """ChatModel backed by an OpenAI-compatible HTTP server."""
 
     def __init__(self, cfg: ModelConfig, api_key: str | None = None) -> None:
-        import os
-
         from openai import AsyncOpenAI
 
         if not cfg.base_url:
@@ -60,13 +80,15 @@ class OpenAIChatModel:
             log.warning("environment variable %s (api_key_env) is empty", cfg.api_key_env)
         self._client = AsyncOpenAI(base_url=self.base_url, api_key=key or "not-needed",
                                    timeout=cfg.timeout_s, max_retries=0)
-        self._key = key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.AsyncClient(timeout=cfg.timeout_s, headers=headers)
+        self.adapters = RemoteAdapters(self.base_url, self.name, self._http)
         self._active: str | None = None
         self._canary = Canary(cfg.canary_share)
-        self._adapters: dict[str, Path] = {}
         self._inflight = 0
         self._served = 0
         self._tokens: list[tuple[float, int]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def active_adapter(self) -> str | None:
@@ -81,27 +103,15 @@ class OpenAIChatModel:
         if adapter == BASE:
             return None
         if adapter != ACTIVE:
-            if adapter not in self._adapters:
+            if not self.adapters.has(adapter):
                 raise AdapterError(f"adapter {adapter!r} was not loaded on the server; "
                                    "call load_adapter() first")
             return adapter
-        return self._canary.pick(self._active)
+        version = self._canary.pick(self._active)
+        return version if version is None or self.adapters.has(version) else self._active
 
-    def _down(self, exc: Exception) -> ModelError:
-        return ModelError(f"cannot reach the model server at {self.base_url} ({exc}). Is the "
-                          "server running? Start it (vLLM, llama.cpp server, Ollama) or fix "
-                          "[model] base_url.")
-
-    async def _open_stream(self, messages: list[ChatMessage], params: GenParams,
-                           model: str) -> Any:
-        import openai
-        from tenacity import (
-            AsyncRetrying,
-            retry_if_exception_type,
-            stop_after_attempt,
-            wait_exponential,
-        )
-
+    def _kwargs(self, messages: list[ChatMessage], params: GenParams, model: str
+                ) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         if params.repetition_penalty != 1.0:
             extra = {"repetition_penalty": params.repetition_penalty,
@@ -115,15 +125,27 @@ class OpenAIChatModel:
             "stream_options": {"include_usage": True}}
         if params.stop:
             kwargs["stop"] = list(params.stop)
-        if params.seed is not None:
+        if params.seed is not None and params.temperature == 0:  # see the module docstring
             kwargs["seed"] = params.seed
-        retryable = (openai.APIConnectionError, openai.APITimeoutError,
-                     openai.InternalServerError, openai.RateLimitError)
+        return kwargs
+
+    async def _open_stream(self, kwargs: dict[str, Any], adapter_name: str | None
+                           ) -> tuple[Any, Any, Any]:
+        import openai
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+        def retryable(exc: BaseException) -> bool:
+            if isinstance(exc, openai.InternalServerError):
+                return replies.ENGINE_DEAD not in exc.message  # a dead engine stays dead
+            return isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError,
+                                    openai.RateLimitError))
+
+        model = kwargs["model"]
         try:
             async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(RETRY_ATTEMPTS),
                     wait=wait_exponential(multiplier=0.3, max=4.0),
-                    retry=retry_if_exception_type(retryable), reraise=True):
+                    retry=retry_if_exception(retryable), reraise=True):
                 with attempt:
                     stream = await self._client.chat.completions.create(**kwargs)
                     iterator = stream.__aiter__()
@@ -133,15 +155,56 @@ class OpenAIChatModel:
                         first = None
                     return stream, iterator, first
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-            raise self._down(exc) from exc
+            self.adapters.mark_stale()
+            raise replies.down(self.base_url, str(exc)) from exc
         except openai.RateLimitError as exc:
             raise BusyError(f"the model server at {self.base_url} is busy (429); try again "
                             "in a minute") from exc
         except openai.APIStatusError as exc:
-            raise ModelError(f"the model server at {self.base_url} refused the request "
-                             f"({exc.status_code}: {exc.message}). Check [model] name "
-                             f"({model!r}) and api_key_env.") from exc
+            if (exc.status_code == 404 and adapter_name is not None
+                    and replies.NO_SUCH_MODEL in exc.message):
+                raise _Missing(adapter_name) from exc
+            if replies.ENGINE_DEAD in exc.message:
+                self.adapters.mark_stale()
+            raise replies.refused(self.base_url, exc.status_code, exc.message, model) from exc
         raise ModelError("unreachable")  # pragma: no cover
+
+    async def _open(self, messages: list[ChatMessage], params: GenParams, version: str | None,
+                    explicit: bool) -> tuple[Any, Any, Any, str | None]:
+        """Open the stream on ``version``; reload lost adapters first (and after a 404).
+
+        Returns the stream, its iterator, the first chunk and the version that answers: an
+        ACTIVE request whose adapter the server lost and cannot load again is answered by the
+        base model (logged; the active pointer is cleared so the learning service's follower
+        tries to load it again); an explicit request for it raises AdapterError."""
+        for again in (False, True):
+            if self.adapters.stale or again:
+                try:
+                    await self.adapters.restore()
+                except httpx.HTTPError as exc:
+                    raise replies.down(self.base_url, str(exc) or type(exc).__name__) from exc
+            if version is not None and not self.adapters.has(version):
+                lost = (f"adapter {version} was lost by the server at {self.base_url} and "
+                        "could not be loaded again (see the log)")
+                if explicit:
+                    raise AdapterError(lost + "; roll back or re-train.")
+                log.error("%s: answering with the base model", lost)
+                if self._active == version:
+                    self._active = None
+                if self._canary.version == version:
+                    self._canary.version = None
+                version = None
+            name = self.adapters.name(version) if version is not None else None
+            try:
+                opened = await self._open_stream(self._kwargs(messages, params, name or self.name),
+                                                 name)
+                return (*opened, version)
+            except _Missing:
+                if again:
+                    break
+                self.adapters.mark_stale()
+        raise AdapterError(f"the server at {self.base_url} does not know adapter {version} even "
+                           "after loading it again; check the server log.")
 
     async def stream(self, messages: Sequence[ChatMessage], params: GenParams | None = None, *,
                      adapter: str = ACTIVE, info: StreamInfo | None = None) -> AsyncIterator[str]:
@@ -153,15 +216,21 @@ class OpenAIChatModel:
             raise BusyError(f"I'm busy right now: {self._inflight} answers are in progress or "
                             "waiting. Please try again in a minute.", position=self._inflight)
         version = self._resolve(adapter)
-        model = version or self.name
         if info is not None:
             info.adapter = version
             info.prompt_tokens = self.count_tokens(messages)
         self._inflight += 1
+        self.adapters.acquire(version)
         stream: Any = None
         count = 0
         try:
-            stream, iterator, chunk = await self._open_stream(list(messages), params, model)
+            stream, iterator, chunk, answered = await self._open(
+                list(messages), params, version, explicit=adapter not in (ACTIVE, BASE))
+            if answered != version:  # fell back to the base model
+                self.adapters.release(version)
+                version = answered
+                if info is not None:
+                    info.adapter = None
             while chunk is not None:
                 if chunk.usage is not None and info is not None:
                     info.prompt_tokens = chunk.usage.prompt_tokens or info.prompt_tokens
@@ -179,68 +248,83 @@ class OpenAIChatModel:
                     chunk = await iterator.__anext__()
                 except StopAsyncIteration:
                     chunk = None
-        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-            raise self._down(exc) from exc
-        except openai.APIError as exc:
+        except (openai.APIConnectionError, openai.APITimeoutError, httpx.HTTPError) as exc:
+            self.adapters.mark_stale()
+            raise replies.down(self.base_url, str(exc) or type(exc).__name__,
+                               started=count > 0) from exc
+        except openai.APIError as exc:  # an SSE ``error`` event after the 200
+            if replies.ENGINE_DEAD in exc.message:
+                self.adapters.mark_stale()
+                raise replies.engine_dead(self.base_url) from exc
             raise ModelError(f"the model server at {self.base_url} failed mid-answer: "
-                             f"{exc}") from exc
+                             f"{exc.message}") from exc
         finally:
             self._inflight -= 1
             self._served += 1
             self._tokens.append((time.monotonic(), count))
+            self.adapters.release(version)
+            self._spawn_prune()
             if stream is not None:
                 try:
                     await stream.close()
                 except Exception:  # closing a broken stream must not mask the real error
                     pass
 
-    async def _post_lora(self, path: Path, version: str) -> None:
-        import httpx
+    # ---- adapters ----------------------------------------------------------------------------
+    def _kept(self) -> str:
+        return self._active or "the base model"
 
-        checked = validate_adapter_dir(Path(path))
-        url = f"{self.base_url}/load_lora_adapter"
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+    def _spawn_prune(self) -> None:
         try:
-            async with httpx.AsyncClient(timeout=self.cfg.timeout_s) as client:
-                resp = await client.post(url, json={"lora_name": version,
-                                                    "lora_path": str(checked)},
-                                         headers=headers)
-        except httpx.HTTPError as exc:
-            raise self._down(exc) from exc
-        if resp.status_code in (404, 405):
-            raise AdapterError(
-                f"the server at {self.base_url} cannot load LoRA adapters at runtime (no "
-                "/v1/load_lora_adapter endpoint). vLLM supports it when started with "
-                "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; llama.cpp server and "
-                "Ollama do not (merge the adapter into the model instead). Kept "
-                f"{self._active or 'the base model'}.")
-        if resp.status_code >= 400:
-            raise AdapterError(f"the server at {self.base_url} refused adapter {version} "
-                               f"({resp.status_code}: {resp.text[:300]}); kept "
-                               f"{self._active or 'the base model'}.")
-        self._adapters[version] = checked
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a stream finalised outside the loop: prune on the next call
+            return
+        if not self.adapters.versions():
+            return
+        task = loop.create_task(self._prune())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prune(self) -> None:
+        try:
+            await self.adapters.prune(self._active, self._canary.version)
+        except Exception:  # unloading is housekeeping: never fail an answer for it
+            log.exception("pruning adapters on %s failed", self.base_url)
+
+    async def wait_unloads(self) -> None:
+        """Wait for the unloads that ended streams started in the background."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def set_adapter(self, path: Path | None, version: str | None) -> None:
+        old = self._active
         if path is None:
             self._active = None
-            return
-        label = version or Path(path).name
-        if label not in self._adapters:
-            await self._post_lora(Path(path), label)
-        self._active = label
+        else:
+            label = version or Path(path).name
+            await self.adapters.ensure(Path(path), label, self._kept())
+            self._active = label
+        if old != self._active and old != self._canary.version:
+            self.adapters.retire(old)
+        await self._prune()
 
     async def load_adapter(self, path: Path, version: str) -> None:
-        await self._post_lora(Path(path), version)
+        await self.adapters.ensure(Path(path), version, self._kept())
         self._canary.loaded(version, self._active)
+        await self._prune()
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
         self._tokens = [(t, n) for t, n in self._tokens if now - t <= 10.0]
         return {"backend": "openai", "base_url": self.base_url, "running": self._inflight,
                 "queue": 0, "adapter": self._active, "canary": self._canary.version,
-                "loaded_adapters": sorted(self._adapters), "served": self._served,
+                "loaded_adapters": sorted(self.adapters.versions()),
+                "served_names": {v: self.adapters.name(v) for v in self.adapters.versions()},
+                "adapter_reloads": self.adapters.reloads, "served": self._served,
                 "tokens_per_s": round(sum(n for _, n in self._tokens) / 10.0, 1)}
 
     async def aclose(self) -> None:
+        await self.wait_unloads()
         await self._client.close()
+        await self._http.aclose()
         await asyncio.sleep(0)

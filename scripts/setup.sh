@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install NightOwl with its CPU stack. Usage: bash scripts/setup.sh [dev]
-#   dev: also the test and lint tools (pytest, pytest-asyncio, ruff, mypy, playwright) and, with
-#        apt, the Chromium the console's browser tests drive.
+#   dev: also the test and lint tools (pytest, pytest-asyncio, ruff, mypy, playwright), with apt
+#        the Chromium the console's browser tests drive, and vLLM's CPU build for tests/cluster.
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 # On a GPU machine install your CUDA torch into .venv first, then `pip install -e '.[gpu]'`.
 set -euo pipefail
@@ -23,5 +23,10 @@ if [ "${1:-}" = "dev" ] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/de
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo -n"
     { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium fonts-noto-color-emoji; } \
         >/dev/null 2>&1 || echo "warning: could not install chromium; browser tests will skip" >&2
+fi
+# dev: the real vLLM (CPU build) in its own venv, var/vllm-venv, for tests/cluster (about 5
+# minutes the first time, cached after); without it those tests skip and say why.
+if [ "${1:-}" = "dev" ]; then
+    bash scripts/vllm.sh install >&2 || echo "warning: no vLLM venv; tests/cluster will skip" >&2
 fi
 echo "NightOwl is installed in .venv" >&2

@@ -147,6 +147,7 @@ cmd_start() {
         model="$(embedded_model_dir "$storage")"
     fi
     [ -f "$model/config.json" ] || die "$model has no config.json (pass --model DIR of a saved model)"
+    model="$(cd "$model" && pwd)"  # absolute: clients read /v1/models root to check adapters
     mkdir -p "$RUN_DIR"
     local args=(--model "$model" --served-model-name "$SERVED_NAME" --host 127.0.0.1
                 --port "$port" --dtype bfloat16 --max-model-len 2048)
