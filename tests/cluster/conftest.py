@@ -171,11 +171,12 @@ def make_lora(base_dir: Path, out: Path, *, rank: int = 16, seed: int | None = 0
 @pytest.fixture(scope="session")
 def loras(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path
           ) -> dict[str, Path]:
-    """A registry-like folder: v0001-v0003 (random B, distinct), r32 (rank 32), other (made for
-    another base model)."""
+    """A registry-like folder: v0001-v0003 (random B, distinct), v0011/v0013 (two more, never
+    loaded by another test: see test_canary_share_routes_to_the_candidate), r32 (rank 32),
+    other (made for another base model)."""
     root = tmp_path_factory.mktemp("lora") / "adapters"
-    out = {f"v000{i}": make_lora(embedded_model_dir, root / f"v000{i}", seed=i)
-           for i in (1, 2, 3)}
+    out = {f"v{i:04d}": make_lora(embedded_model_dir, root / f"v{i:04d}", seed=i)
+           for i in (1, 2, 3, 11, 13)}
     out["r32"] = make_lora(embedded_model_dir, root / "v0032", rank=32, seed=5)
     out["other"] = make_lora(embedded_model_dir, root / "v0099", seed=7, tiny_other_model=True)
     return out

@@ -93,17 +93,19 @@ async def test_rollback_selects_the_older_name(vllm: Vllm, loras: dict[str, Path
 
 
 async def test_canary_share_routes_to_the_candidate(vllm: Vllm, loras: dict[str, Path]) -> None:
+    # Fresh names: after the earlier tests loaded, unloaded and re-loaded v0001-v0003 on this
+    # server, two of them answered identically here (alone they differ). Open finding, see #15.
     model = backend(vllm.base_url, canary_share=0.5)
     try:
-        await model.set_adapter(loras["v0001"], "v0001")
-        ref_one, _ = await answer(model, Q, adapter="v0001")
-        await model.load_adapter(loras["v0003"], "v0003")  # the candidate
-        ref_three, _ = await answer(model, Q, adapter="v0003")
+        await model.set_adapter(loras["v0011"], "v0011")
+        ref_one, _ = await answer(model, Q, adapter="v0011")
+        await model.load_adapter(loras["v0013"], "v0013")  # the candidate
+        ref_three, _ = await answer(model, Q, adapter="v0013")
         got = [await answer(model, Q) for _ in range(4)]
     finally:
         await model.aclose()
     assert ref_one != ref_three
-    assert [i.adapter for _, i in got] == ["v0001", "v0003", "v0001", "v0003"]
+    assert [i.adapter for _, i in got] == ["v0011", "v0013", "v0011", "v0013"]
     assert [t for t, _ in got] == [ref_one, ref_three, ref_one, ref_three]
 
 
