@@ -58,14 +58,10 @@ def safe_name(name: str, default: str = "upload") -> str:
     return stem[:100] + ext[:12]
 
 
-def expand(paths: Sequence[Path | str], globs: Sequence[str] = ()) -> list[Path]:
-    """Files under ``paths`` (folders recursively, hidden entries skipped), glob-filtered."""
-    return [f for f, _ in expand_with_roots(paths, globs)]
-
-
 def expand_with_roots(paths: Sequence[Path | str], globs: Sequence[str] = ()
                       ) -> list[tuple[Path, Path | None]]:
-    """Like :func:`expand`, each file with the folder it was found in (None: named directly)."""
+    """Files under ``paths`` (folders recursively, hidden entries skipped), glob-filtered, each
+    with the folder it was found in (None: named directly)."""
     out: list[tuple[Path, Path | None]] = []
     for raw in paths:
         p = Path(raw).expanduser()
