@@ -5,12 +5,12 @@ the core's table (plus ``/ask``), publishes the command menus generated from tha
 admins' private chats also list the admin commands), and answers messages left unanswered by a
 restart. PTB's ``run_polling`` is never used: it owns the loop, which Discord shares.
 
-Acknowledgement: PTB's updater confirms a batch of updates (``offset``) on its next getUpdates,
-which it calls right after putting the batch into the application's queue. ``AckQueue.put``
-therefore waits until the update's message is stored (the core calls ``Renderer.start`` right
-after committing the user turn) or its handler finished, so Telegram re-delivers anything the
-process did not store. Updates are handled concurrently; ``[telegram] ack_timeout_s`` bounds the
-wait when the same user's previous answer still holds the core's per-user lock.
+Acknowledgement (:mod:`bot.telegram.updates`): our :class:`Poller` replaces PTB's Updater. It
+hands updates to the application without waiting for any handler and confirms to Telegram
+(the getUpdates ``offset``) only the updates that are settled: their message is stored (the
+core calls ``Renderer.start`` right after committing the user turn), or they needed no storing.
+A handler that failed before storing leaves its update unconfirmed, so it comes again. One
+user's burst or follow-ups (waiting on the core's per-user lock) delay no one else.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ from telegram.ext import (
     filters,
 )
 
-from bot.core import ConfigError, Core, NightOwlError
+from bot.core import ConfigError, Core, NightOwlError, pseudonym
 from bot.core import commands as table
 from bot.core.commands import ASK, TELEGRAM, in_menu
 from bot.telegram.config import TelegramConfig
 from bot.telegram.handlers import PLATFORM, UpdateHandlers
 from bot.telegram.sender import Sender
 from bot.telegram.stream import TelegramRenderer
-from bot.telegram.updates import AckingProcessor, AckQueue
+from bot.telegram.updates import AckingProcessor, Ledger, Poller
 
 log = logging.getLogger("nightowl.telegram")
 
@@ -68,11 +68,11 @@ class TelegramBot:
         self.settings = t = settings
         self.core = core
         self.polling = polling
-        self.queue = AckQueue(t.ack_timeout_s)
+        self.ledger = Ledger(t.ack_timeout_s)
         self.app = (Application.builder().token(token).base_url(t.base_url)
                     .base_file_url(t.base_file_url)
                     .rate_limiter(AIORateLimiter(max_retries=3))
-                    .update_queue(self.queue).concurrent_updates(AckingProcessor(self.queue))
+                    .updater(None).concurrent_updates(AckingProcessor(self.ledger))
                     .job_queue(None)
                     .connect_timeout(min(t.request_timeout_s, 10.0))
                     .read_timeout(t.request_timeout_s).write_timeout(t.request_timeout_s)
@@ -82,7 +82,11 @@ class TelegramBot:
                     .build())
         self.sender = Sender(self.app.bot, t.stream_edit_interval_s, t.group_edit_interval_s)
         self.sender.on_blocked = self._on_blocked
-        self.handlers = UpdateHandlers(t, core, self.app.bot, self.sender, self.queue)
+        self.handlers = UpdateHandlers(t, core, self.app.bot, self.sender, self.ledger)
+        self.poller = Poller(self.app.bot, self.ledger, self.app.update_queue,
+                             timeout_s=t.poll_timeout_s, allowed_updates=ALLOWED_UPDATES,
+                             on_error=self._polling_error)
+        self._polling = False
         self._recovery: asyncio.Task[int] | None = None
         self._register_handlers()
 
@@ -91,7 +95,8 @@ class TelegramBot:
         try:
             await self.core.mark_blocked(PLATFORM, str(chat_id), blocked)
         except Exception:
-            log.exception("could not record that chat %s blocked the bot", chat_id)
+            log.exception("could not record that chat %s blocked the bot",
+                          pseudonym(PLATFORM, chat_id))
 
     def _register_handlers(self) -> None:
         h, msg = self.handlers, filters.UpdateType.MESSAGE
@@ -116,10 +121,9 @@ class TelegramBot:
         try:
             await self._register_commands()
             await self.app.start()
-            if self.polling and self.app.updater is not None:
-                await self.app.updater.start_polling(
-                    timeout=int(self.settings.poll_timeout_s), allowed_updates=ALLOWED_UPDATES,
-                    error_callback=self._polling_error)
+            if self.polling:
+                await self.poller.start()
+                self._polling = True
         except BaseException:
             await self._shutdown()
             raise
@@ -140,16 +144,12 @@ class TelegramBot:
             except Exception:
                 log.exception("answering messages left from before the restart failed")
             self._recovery = None
-        if self.app.updater is not None and self.app.updater.running:
-            await self.app.updater.stop()
+        await self.poller.stop()
         if self.app.running:
-            await self.app.stop()  # finishes updates already taken from the queue
-        if self.queue.done_max is not None:  # confirm what was handled after the last poll
-            try:
-                await self.app.bot.get_updates(offset=self.queue.done_max + 1, timeout=0,
-                                               allowed_updates=ALLOWED_UPDATES)
-            except TelegramError as exc:
-                log.warning("could not confirm the last updates (they may come again): %s", exc)
+            await self.app.stop()  # finishes the updates already handed to the application
+        if self._polling:  # confirm what was settled after the last poll
+            await self.poller.confirm()
+            self._polling = False
         await self.app.shutdown()
 
     async def recovered(self) -> int:

@@ -20,4 +20,4 @@ class TelegramConfig:
     group_edit_interval_s: float = setting(3.0, 0.0, 60.0)
     poll_timeout_s: float = setting(10.0, 0.0, 600.0)
     request_timeout_s: float = setting(20.0, 0.1, 600.0)
-    ack_timeout_s: float = setting(10.0, 0.0, 3600.0)
+    ack_timeout_s: float = setting(2.0, 0.0, 3600.0)

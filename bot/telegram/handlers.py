@@ -3,7 +3,10 @@
 Is a message addressed to the bot (always in private chats; in groups a mention, a reply to the
 bot, or a command), is the sender allowed (``allowed_users``/``allowed_chats``) or an admin, and
 how the result is shown. Everything else is :class:`bot.core.Core`. An answer's update is
-acknowledged (:class:`AckQueue`) as soon as the core stored the user's message.
+confirmed (:class:`Ledger`) as soon as the core stored the user's message or refused it; when
+handling fails before the message is stored, the update is handled again, not lost. Admin
+commands run in a group answer in the admin's private chat (the group sees only a note), like
+Discord's ephemeral replies: status, adapters and probes are not for everyone in the group.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from telegram import Bot, Message, Update
 from telegram.error import Forbidden, TelegramError
 from telegram.ext import ContextTypes
 
-from bot.core import Attachment, CommandResult, Core, Incoming
-from bot.core.commands import ASK
+from bot.core import Attachment, CommandResult, Core, Incoming, pseudonym
+from bot.core.commands import ASK, BY_NAME
 from bot.core.text import split_command
 from bot.telegram.config import TelegramConfig
 from bot.telegram.keyboards import (
@@ -31,7 +34,7 @@ from bot.telegram.keyboards import (
 )
 from bot.telegram.sender import Sender
 from bot.telegram.stream import TelegramRenderer
-from bot.telegram.updates import AckQueue
+from bot.telegram.updates import Ledger
 
 log = logging.getLogger("nightowl.telegram")
 
@@ -41,18 +44,21 @@ DOC_HINT = ("I read text messages. To add a document to my knowledge base, an ad
             "/ingest as its caption.")
 ERROR_REPLY = "Sorry, something went wrong on my side. Please try again in a moment."
 STALE = "This button is no longer valid."
+SENT_PRIVATELY = "📬 Sent you the result of /{name} in our private chat."
+NO_PRIVATE_CHAT = ("I ran /{name}, but admin output goes only to a private chat and I cannot "
+                   "message you yet: open a chat with @{bot}, press Start, then ask there.")
 
 
 class UpdateHandlers:
     """The handlers :class:`bot.telegram.adapter.TelegramBot` registers with PTB."""
 
     def __init__(self, settings: TelegramConfig, core: Core, bot: Bot, sender: Sender,
-                 queue: AckQueue) -> None:
+                 ledger: Ledger) -> None:
         self.settings = settings
         self.core = core
         self.bot = bot
         self.sender = sender
-        self.queue = queue
+        self.ledger = ledger
 
     # ---- who and what -------------------------------------------------------------------------
     def is_admin(self, user_id: int) -> bool:
@@ -106,8 +112,8 @@ class UpdateHandlers:
         self.sender.unblock(chat.id)
         if self.allowed(user.id, chat.id):
             return True
-        log.info("refused user %s in chat %s (not in allowed_users/allowed_chats)", user.id,
-                 chat.id)
+        log.info("refused user %s in chat %s (not in allowed_users/allowed_chats)",
+                 pseudonym(PLATFORM, user.id), pseudonym(PLATFORM, chat.id))
         if chat.type == "private":
             await self.sender.send_text(chat.id, "Sorry, this bot is private. Ask its owner for "
                                                  f"access (your user id is {user.id}).")
@@ -118,17 +124,38 @@ class UpdateHandlers:
 
     # ---- doing it -----------------------------------------------------------------------------
     async def answer(self, update: Update, text: str) -> None:
-        """Stream the core's answer; acknowledge the update once the core stored the message."""
-        msg = update.effective_message
-        assert msg is not None
+        """Stream the core's answer; confirm the update once the core stored the message (or
+        refused it: a refusal needs nothing stored and no turn of the chat's pacer)."""
+        msg, user = update.effective_message, update.effective_user
+        assert msg is not None and user is not None
         renderer = TelegramRenderer(self.sender, msg.chat_id, reply_to=self._reply_to(msg),
-                                    on_start=functools.partial(self.queue.accept,
-                                                               update.update_id))
-        await self.core.handle(self.incoming(update, text), renderer)
+                                    on_start=functools.partial(self.ledger.accept,
+                                                               update.update_id),
+                                    notice_key=(msg.chat_id, user.id))
+        self.ledger.storing(update.update_id)
+        try:
+            await self.core.handle(self.incoming(update, text), renderer)
+        finally:
+            await renderer.close()
 
-    async def send_result(self, msg: Message, result: CommandResult, user_id: int) -> None:
+    def private_output(self, msg: Message, name: str, user_id: int) -> bool:
+        """An admin's admin command outside a private chat: its result goes to the admin's DM."""
+        cmd = BY_NAME.get(name.lower())
+        return (cmd is not None and cmd.admin and msg.chat.type != "private"
+                and self.is_admin(user_id))
+
+    async def send_result(self, msg: Message, result: CommandResult, user_id: int,
+                          name: str = "") -> None:
         markup = (confirm_keyboard(result.confirm, user_id) if result.confirm else
                   command_keyboard(result.buttons) if result.buttons else None)
+        if name and self.private_output(msg, name, user_id):
+            sent = await self.sender.send_text(user_id, result.text, markup=markup)
+            for path in result.files if sent is not None else []:
+                await self.sender.send_file(user_id, path)
+            note = (SENT_PRIVATELY if sent is not None else NO_PRIVATE_CHAT).format(
+                name=name, bot=self.bot.username or "the bot")
+            await self.sender.send_text(msg.chat_id, note, reply_to=self._reply_to(msg))
+            return
         await self.sender.send_text(msg.chat_id, result.text, reply_to=self._reply_to(msg),
                                     markup=markup)
         for path in result.files:
@@ -154,10 +181,10 @@ class UpdateHandlers:
             attachments = (Attachment(name=name, size=doc.file_size or 0, mime=doc.mime_type or "",
                                       fetch=functools.partial(self._download, doc.file_id),
                                       problem=problem),)
-        self.queue.accept(update.update_id)  # ingesting may take a while; nothing to store
+        self.ledger.accept(update.update_id)  # ingesting may take a while; nothing to store
         result = await self.core.command(self.incoming(update, msg.caption or msg.text or "",
                                                        attachments), "ingest", args)
-        await self.send_result(msg, result, user.id)
+        await self.send_result(msg, result, user.id, "ingest")
 
     # ---- handlers -----------------------------------------------------------------------------
     async def _for_me(self, update: Update) -> tuple[Message, str] | None:
@@ -193,7 +220,7 @@ class UpdateHandlers:
             await self.ingest(update, msg, args)
             return
         result = await self.core.command(self.incoming(update, msg.text), name, args)
-        await self.send_result(msg, result, user.id)
+        await self.send_result(msg, result, user.id, name)
 
     async def on_unknown_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """Unknown commands: explained in private chats or when addressed to us, else ignored."""
@@ -257,7 +284,8 @@ class UpdateHandlers:
             elif data.startswith("cmd:"):
                 note = await self._command_press(update, msg, data)
         else:
-            log.info("ignored stale or forged button data %r from user %s", data[:64], user.id)
+            log.info("ignored stale or forged button data %r from user %s", data[:64],
+                     pseudonym(PLATFORM, user.id))
         try:
             await query.answer(note[:200])
         except TelegramError as exc:  # too old to answer: harmless
@@ -312,8 +340,13 @@ class UpdateHandlers:
         if isinstance(exc, Forbidden) and chat is not None:
             self.sender.mark_blocked(chat.id, exc)
             return
+        if isinstance(update, Update) and self.ledger.fail(update.update_id):
+            # not stored: the update stays unconfirmed and is handled again, no apology yet
+            log.warning("handling Telegram update %s failed before its message was stored; it "
+                        "will be handled again: %s", update.update_id, exc)
+            return
         log.error("handling Telegram update %s failed (chat %s, user %s)",
-                  getattr(update, "update_id", "?"), chat.id if chat else "-",
-                  user.id if user else "-", exc_info=exc)
+                  getattr(update, "update_id", "?"), pseudonym(PLATFORM, chat.id) if chat else "-",
+                  pseudonym(PLATFORM, user.id) if user else "-", exc_info=exc)
         if chat is not None:
             await self.sender.send_text(chat.id, ERROR_REPLY)

@@ -5,6 +5,8 @@ that chat), HTML with a plain-text fallback on parse errors, ``RetryAfter`` wait
 network errors retried, and chats whose user blocked the bot (``Forbidden``) skipped for the rest
 of the run. Both per-chat memories are bounded: an idle pacer (no call waiting, its interval
 over) and the oldest blocked marks are dropped first; a forgotten block costs one ``Forbidden``.
+Notices (refusals) are never queued twice for one user in one chat: while one waits for the
+pacer, another is dropped.
 """
 
 from __future__ import annotations
@@ -20,10 +22,16 @@ from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
+from bot.core import pseudonym
 from bot.core.bounded import LruDict
 from bot.telegram.format import split_message, to_html
 
 log = logging.getLogger("nightowl.telegram")
+
+
+def _who(chat_id: int) -> str:
+    """A chat in a log line: its pseudonym (a private chat's id is its user's id)."""
+    return pseudonym("telegram", chat_id)
 
 MAX_ATTEMPTS = 4
 PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -95,6 +103,7 @@ class Sender:
         # called with (chat_id, blocked) so the core can record it; set by the adapter
         self.on_blocked: Callable[[int, bool], Coroutine[Any, Any, None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._notices: set[tuple[int, int]] = set()  # (chat, user) with a notice on its way
 
     def _report(self, chat_id: int, blocked: bool) -> None:
         if self.on_blocked is None or chat_id <= 0:  # only private chats are users
@@ -111,7 +120,7 @@ class Sender:
     def mark_blocked(self, chat_id: int, exc: BaseException | None = None) -> None:
         if chat_id not in self.blocked:
             log.warning("chat %s blocked the bot or is closed to it (%s); not sending to it again "
-                        "in this run", chat_id, exc or "Forbidden")
+                        "in this run", _who(chat_id), exc or "Forbidden")
             self._report(chat_id, True)
         self.blocked.put(chat_id, True)
 
@@ -128,7 +137,7 @@ class Sender:
         except Forbidden as exc:
             self.mark_blocked(chat_id, exc)
         except TelegramError as exc:
-            log.debug("typing action failed in %s: %s", chat_id, exc)
+            log.debug("typing action failed in %s: %s", _who(chat_id), exc)
 
     async def _call(self, chat_id: int, what: str, fn: Callable[[ParseMode | None], Any],
                     *, final: bool = True, paced: bool = True) -> Any:
@@ -150,9 +159,10 @@ class Sender:
                 wait = _retry_after_s(exc)
                 self.pacer(chat_id).defer(wait)
                 if not final:
-                    log.info("flood control in %s: skipping a streamed edit (%s s)", chat_id, wait)
+                    log.info("flood control in %s: skipping a streamed edit (%s s)",
+                             _who(chat_id), wait)
                     return None
-                log.info("flood control in %s: waiting %s s before %s", chat_id, wait, what)
+                log.info("flood control in %s: waiting %s s before %s", _who(chat_id), wait, what)
                 if not paced:
                     await asyncio.sleep(wait)
             except Forbidden as exc:
@@ -163,17 +173,18 @@ class Sender:
                     return True
                 if mode is not None and _is_parse_error(exc):
                     log.warning("Telegram could not parse the %s in %s (%s); resending as plain "
-                                "text", what, chat_id, exc)
+                                "text", what, _who(chat_id), exc)
                     mode = None
                     continue
-                log.warning("Telegram refused the %s in %s: %s", what, chat_id, exc)
+                log.warning("Telegram refused the %s in %s: %s", what, _who(chat_id), exc)
                 return None
             except NetworkError as exc:  # includes TimedOut and 5xx answers
                 if attempt == MAX_ATTEMPTS or not final:
-                    log.warning("network error on the %s in %s: %s", what, chat_id, exc)
+                    log.warning("network error on the %s in %s: %s", what, _who(chat_id), exc)
                     return None
                 await asyncio.sleep(0.5 * attempt)
-        log.warning("gave up on the %s in %s after %s attempts", what, chat_id, MAX_ATTEMPTS)
+        log.warning("gave up on the %s in %s after %s attempts", what, _who(chat_id),
+                    MAX_ATTEMPTS)
         return None
 
     async def send(self, chat_id: int, text: str, *, reply_to: int | None = None,
@@ -214,6 +225,19 @@ class Sender:
                                                             reply_markup=markup)
 
         return await self._call(chat_id, "keyboard edit", fn) is not None
+
+    async def send_notice(self, key: tuple[int, int], chat_id: int, text: str, *,
+                          reply_to: int | None = None) -> Message | None:
+        """Send a refusal unless one for the same (chat, user) is still on its way."""
+        if key in self._notices:
+            log.info("dropped a repeated notice in chat %s: one is already on its way",
+                     _who(chat_id))
+            return None
+        self._notices.add(key)
+        try:
+            return await self.send_text(chat_id, text, reply_to=reply_to)
+        finally:
+            self._notices.discard(key)
 
     async def send_text(self, chat_id: int, text: str, *, reply_to: int | None = None,
                         markup: InlineKeyboardMarkup | None = None) -> Message | None:

@@ -4,6 +4,9 @@
 go through the :class:`Sender` (so they share the chat's pace); the parts of the growing text are
 those of ``split_message``, stable as the text grows, so a finished part is never edited again.
 The final render always shows the complete answer, with the 👍/👎 keyboard on its last part.
+A reply that comes without ``start`` is a refusal (rate limit, "please wait", moderation): the
+update is confirmed at once, and while an earlier notice for the same user and chat still waits
+for the chat's pacer, the new one is dropped (a burst gets a notice, not a hundred).
 """
 
 from __future__ import annotations
@@ -26,11 +29,14 @@ class TelegramRenderer:
     """Streams one answer into a chat: typing, first message early, paced edits, final parts."""
 
     def __init__(self, sender: Sender, chat_id: int, *, reply_to: int | None = None,
-                 on_start: Callable[[], None] | None = None) -> None:
+                 on_start: Callable[[], None] | None = None,
+                 notice_key: tuple[int, int] | None = None) -> None:
         self.sender = sender
         self.chat_id = chat_id
         self.reply_to = reply_to
         self.on_start = on_start
+        self.notice_key = notice_key
+        self.started = False
         self.message_ids: list[int] = []
         self.shown: list[str] = []
         self.edits = 0
@@ -42,6 +48,7 @@ class TelegramRenderer:
 
     async def start(self) -> None:
         """The user's message is stored: acknowledge it, show typing until text appears."""
+        self.started = True
         if self.on_start is not None:
             self.on_start()
         self._typing = asyncio.create_task(self._typing_loop())
@@ -115,8 +122,18 @@ class TelegramRenderer:
         """Telegram ids of the messages showing the answer (replies to any of them find it)."""
         return [str(i) for i in self.message_ids]
 
+    async def close(self) -> None:
+        """Stop typing and the edit loop (the core failed before ``finish``); idempotent."""
+        await self._stop_background()
+
     async def finish(self, reply: Reply) -> None:
         """Render the complete answer; the 👍/👎 keyboard goes on its last message."""
+        if not self.started and self.on_start is not None:  # a refusal: nothing to store
+            self.on_start()
+            if self.notice_key is not None and not self.message_ids:
+                await self.sender.send_notice(self.notice_key, self.chat_id, reply.text,
+                                              reply_to=self.reply_to)
+                return
         await self._stop_background()
         markup = (feedback_keyboard(reply.answer_id)
                   if reply.feedback and reply.answer_id is not None else None)

@@ -147,6 +147,8 @@ class Call:
     params: dict[str, Any]
     at: float
     status: int = 200
+    returned: list[int] = field(default_factory=list)  # getUpdates: the update ids answered
+    answered_at: float = 0.0  # when the fake answered it
 
 
 @dataclass
@@ -189,6 +191,7 @@ class FakeTelegramAPI:
         self.on_get_updates: Callable[[int], Awaitable[None]] | None = None
         self._updates: list[dict[str, Any]] = []
         self._new_update = asyncio.Event()
+        self._called = asyncio.Event()
         self._stopping = False
         self._ids = itertools.count(100)
         self._update_ids = itertools.count(1)
@@ -254,6 +257,14 @@ class FakeTelegramAPI:
         file_id = f"file-{len(self.files) + 1}"
         self.files[file_id] = (name, data)
         return file_id
+
+    async def wait_until(self, check: Callable[[], bool], within_s: float = 30.0) -> None:
+        """Wait until ``check()`` holds, re-checked after every API call the bot makes."""
+        async def until() -> None:
+            while not check():
+                self._called.clear()
+                await self._called.wait()
+        await asyncio.wait_for(until(), within_s)
 
     def push(self, update: dict[str, Any]) -> None:
         """Queue an update for getUpdates (real polling tests)."""
@@ -392,11 +403,16 @@ class FakeTelegramAPI:
             result = await handler(params)
         except ApiError as exc:
             call.status = exc.status
+            self._called.set()
             body: dict[str, Any] = {"ok": False, "error_code": exc.status,
                                     "description": exc.description}
             if exc.retry_after is not None:
                 body["parameters"] = {"retry_after": exc.retry_after}
             return web.json_response(body, status=exc.status)
+        call.answered_at = time.monotonic()
+        if method == "getUpdates":
+            call.returned = [u["update_id"] for u in result]
+        self._called.set()
         return web.json_response({"ok": True, "result": result})
 
     def _inject(self, method: str, params: dict[str, Any]) -> None:
@@ -455,7 +471,7 @@ class FakeTelegramAPI:
                 await asyncio.wait_for(self._new_update.wait(), deadline - time.monotonic())
             except TimeoutError:
                 break
-        return list(self._updates)
+        return list(self._updates[:int(params.get("limit") or 100)])  # Telegram's 1-100
 
     async def _m_sendMessage(self, params: dict[str, Any]) -> Any:
         text = self._checked_text(params)

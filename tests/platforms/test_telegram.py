@@ -16,7 +16,7 @@ from telegram import Update
 
 from bot.config import Config
 from bot.core import Core
-from bot.core.text import utf16_len
+from bot.core.text import pseudonym, utf16_len
 from bot.telegram.adapter import TelegramBot
 from bot.telegram.handlers import DOC_HINT, ERROR_REPLY, MEDIA_REPLY
 from data.config import StorageConfig
@@ -485,13 +485,16 @@ async def test_handler_errors_are_logged_and_explained(tmp_path: Path, fake: Fak
         await env.send(fake.text(chat, user, "/status"))
         assert fake.last_message(USER).text == ERROR_REPLY
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-        assert len(errors) == 1 and f"user {USER}" in errors[0].getMessage()
+        assert len(errors) == 1
+        assert f"user {pseudonym('telegram', USER)}" in errors[0].getMessage()  # not the raw id
         caplog.clear()
         await env.send(fake.text(chat, user, "still there?"))
         assert fake.last_message(USER).text == "You said: still there?."
 
 
-async def test_allowed_users_and_chats(tmp_path: Path, fake: FakeTelegramAPI) -> None:
+async def test_allowed_users_and_chats(tmp_path: Path, fake: FakeTelegramAPI,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="nightowl")
     group = fake.group(-100_777)
     async with running(tmp_path, fake, telegram__allowed_users=[USER],
                        telegram__allowed_chats=[group["id"]]) as env:
@@ -505,6 +508,10 @@ async def test_allowed_users_and_chats(tmp_path: Path, fake: FakeTelegramAPI) ->
         elsewhere = fake.group(-100_888)
         await env.send(fake.text(elsewhere, other, f"@{fake.username} hi"))
         assert not fake.chat_messages(elsewhere["id"])
+    refusals = [r.getMessage() for r in caplog.records if "refused user" in r.getMessage()]
+    assert refusals, "the refusals are logged"
+    for line in refusals:  # logged under a pseudonym, never the raw Telegram id (L11)
+        assert str(OTHER) not in line and pseudonym("telegram", OTHER) in line, line
 
 
 async def test_conversation_continues_after_restart(tmp_path: Path, fake: FakeTelegramAPI) -> None:
@@ -526,32 +533,44 @@ async def test_conversation_continues_after_restart(tmp_path: Path, fake: FakeTe
 
 async def test_real_polling_acknowledges_only_stored_updates(tmp_path: Path,
                                                              fake: FakeTelegramAPI) -> None:
-    user = fake.user(USER)
-    update = fake.text(fake.private(user), user, "polled hello")
-    stored_when_acked: list[bool] = []
+    """Several users' messages (and a command) in one batch, the first answer slow: every
+    offset the bot confirms is checked against the store when Telegram receives it."""
+    ann, bob, cid = fake.user(USER), fake.user(OTHER, "Bob"), fake.user(3333, "Cid")
+    chats = {u["id"]: fake.private(u) for u in (ann, bob, cid)}
+    sent = [(ann, "polled hello"), (bob, "bob here"), (ann, "ann again"), (cid, "/help"),
+            (cid, "cid asks"), (bob, "bob again")]
+    updates = [fake.text(chats[u["id"]], u, text) for u, text in sent]
+    messages = {u["update_id"]: u["message"]["text"] for u in updates
+                if not u["message"]["text"].startswith("/")}
+    problems: list[str] = []
     env_box: list[Env] = []
 
     async def on_ack(offset: int) -> None:
-        if offset > update["update_id"] and env_box:
-            rows = await env_box[0].db("SELECT COUNT(*) FROM messages WHERE text = ?",
-                                       "polled hello")
-            stored_when_acked.append(rows[0][0] == 1)
+        if not env_box:
+            return
+        stored = {r[0] for r in await env_box[0].db("SELECT text FROM messages")}
+        problems.extend(f"{t!r} confirmed unstored" for i, t in messages.items()
+                        if i < offset and t not in stored)
+
+    def answered() -> bool:
+        done = [m for m in fake.messages.values() if m.reply_markup and m.chat_id > 0]
+        return len(done) >= len(messages) and any(m.text.startswith("NightOwl answers") for m
+                                                  in fake.chat_messages(cid["id"]))
 
     fake.on_get_updates = on_ack
     async with running(tmp_path, fake, polling=True,
                        model=FakeChatModel(delay_s=0.05)) as env:
         env_box.append(env)
-        fake.push(update)
-        for _ in range(200):
-            msgs = fake.chat_messages(USER)
-            if msgs and msgs[-1].reply_markup:
-                break
-            await asyncio.sleep(0.05)
-        assert fake.last_message(USER).text == "You said: polled hello."
-    assert stored_when_acked and all(stored_when_acked)
+        for update in updates:
+            fake.push(update)
+        await fake.wait_until(answered)
+        assert fake.last_message(USER).text == "You said: ann again."
+    assert not problems, problems
     assert fake.calls_of("deleteWebhook")
+    assert any(c.returned == [u["update_id"] for u in updates]
+               for c in fake.calls_of("getUpdates"))  # one batch
     last = fake.calls_of("getUpdates")[-1]
-    assert last.params["offset"] == update["update_id"] + 1 and last.params["timeout"] == 0
+    assert last.params["offset"] == updates[-1]["update_id"] + 1 and last.params["timeout"] == 0
 
 
 class FailingModel(FakeChatModel):
@@ -598,18 +617,20 @@ async def test_forbidden_is_recorded_in_the_store(tmp_path: Path, fake: FakeTele
     async with running(tmp_path, fake) as env:
         user = fake.user(USER)
         chat = fake.private(user)
+        recorded: asyncio.Queue[bool] = asyncio.Queue()
+        real = env.core.mark_blocked
+
+        async def mark_blocked(platform: str, user_id: str, blocked: bool = True) -> None:
+            await real(platform, user_id, blocked)
+            recorded.put_nowait(blocked)
+
+        env.core.mark_blocked = mark_blocked  # type: ignore[method-assign]
         fake.fail("sendMessage", 403)
         await env.send(fake.text(chat, user, "hello"))
-        for _ in range(100):
-            if (await env.db("SELECT blocked_bot FROM users"))[0][0] == 1:
-                break
-            await asyncio.sleep(0.01)
+        assert await asyncio.wait_for(recorded.get(), 30) is True  # stored, not just sent
         assert await env.db("SELECT blocked_bot FROM users") == [(1,)]
         await env.send(fake.text(chat, user, "back again"))
-        for _ in range(100):
-            if (await env.db("SELECT blocked_bot FROM users"))[0][0] == 0:
-                break
-            await asyncio.sleep(0.01)
+        assert await asyncio.wait_for(recorded.get(), 30) is False
         assert await env.db("SELECT blocked_bot FROM users") == [(0,)]
 
 
@@ -628,3 +649,96 @@ async def test_server_errors_mid_stream_still_deliver_one_complete_answer(
         assert msgs[0].text == " ".join(f"word{i}" for i in range(80)) + "." and buttons(msgs[0])
         rows = await env.db("SELECT role, status FROM messages ORDER BY id")
         assert rows == [("user", "done"), ("assistant", "done")]
+
+
+async def test_storing_the_answer_fails_after_streaming(tmp_path: Path, fake: FakeTelegramAPI,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The answer was streamed, then the store fails: the renderer still finishes (complete
+    text, no 👍/👎 for an answer that does not exist), nothing is left running, and the question
+    is not answered a second time after a restart."""
+    model = FakeChatModel(words_responder(40), delay_s=0.01)
+    user = fake.user(USER)
+    chat = fake.private(user)
+    async with running(tmp_path, fake, model=model) as env:
+        async def broken(*args: Any, **kw: Any) -> int:
+            raise OSError("disk full")
+
+        monkeypatch.setattr(env.store, "answer", broken)
+        before = asyncio.all_tasks()
+        await env.send(fake.text(chat, user, "stream then fail"))
+        msgs = fake.chat_messages(USER)
+        assert [m.text for m in msgs] == [" ".join(f"word{i}" for i in range(40)) + "."]
+        assert msgs[0].reply_markup is None
+        leftover = [t for t in asyncio.all_tasks() - before if not t.done()
+                    and "flush" in repr(t.get_coro()) + repr(t.get_name())]
+        assert not leftover, leftover
+        assert await env.db("SELECT role, status FROM messages") == [("user", "failed")]
+        assert "disk full" in caplog.text
+        caplog.clear()  # logged as an ERROR on purpose
+    async with running(tmp_path, fake, model=model) as env:
+        assert await env.tg.recovered() == 0
+        assert len(fake.chat_messages(USER)) == 1
+
+
+async def test_admin_output_goes_to_the_admins_private_chat(tmp_path: Path,
+                                                            fake: FakeTelegramAPI) -> None:
+    """/status, /adapters, /probe list in a group: the result is the admin's alone (DM); the
+    group sees a note. Without a private chat the admin is told how to open one."""
+    group = fake.group()
+    admin, user = fake.user(ADMIN, "Ada"), fake.user(USER)
+    async with running(tmp_path, fake) as env:
+        await env.send(fake.text(fake.private(admin), admin,
+                                 "/probe add What is the secret plan? => The owls fly at dawn."))
+        for cmd in ("/status", "/adapters", "/probe list"):
+            await env.send(fake.text(group, admin, cmd))
+            note = fake.last_message(group["id"])
+            assert note.text == f"📬 Sent you the result of /{cmd.split()[0][1:]} in our " \
+                                "private chat."
+        dm = [m.text for m in fake.chat_messages(ADMIN)]
+        assert any("Model: fake" in t for t in dm) and any("owls fly at dawn" in t for t in dm)
+        shown = " ".join(m.text for m in fake.chat_messages(group["id"]))
+        assert "Model: fake" not in shown and "owls fly at dawn" not in shown
+        await env.send(fake.text(group, user, "/status"))  # refusals stay where they were asked
+        assert "for admins only" in fake.last_message(group["id"]).text
+        await env.send(fake.text(group, user, "/help"))  # user commands answer in the group
+        assert fake.last_message(group["id"]).text.startswith("NightOwl answers")
+        fake.fail("sendMessage", 403, when=lambda p: int(p["chat_id"]) == ADMIN)
+        await env.send(fake.text(group, admin, "/status"))
+        note = fake.last_message(group["id"]).text
+        assert "cannot message you yet" in note and f"@{fake.username}" in note
+        assert "Model: fake" not in note
+
+
+async def test_a_refusal_is_confirmed_without_a_turn_of_the_pacer(tmp_path: Path,
+                                                                  fake: FakeTelegramAPI) -> None:
+    """A rate-limited message needs nothing stored: its update is confirmed while the refusal
+    still waits for the chat's pacer (busy with an answer there)."""
+    async with running(tmp_path, fake, limits__user_messages_per_minute=1.0,
+                       limits__user_burst=1) as env:
+        user = fake.user(USER)
+        chat = fake.private(user)
+        await env.send(fake.text(chat, user, "first"))  # takes the only token
+        update = Update.de_json(fake.text(chat, user, "second"), env.tg.app.bot)
+        ledger = env.tg.ledger
+        assert ledger.receive([update]) == [update]  # as if polled
+        async with env.tg.sender.pacer(USER):  # the chat's pacer is taken
+            handling = asyncio.create_task(env.tg.app.process_update(update))
+            while ledger.offset <= update.update_id:
+                ledger.changed.clear()
+                await asyncio.wait_for(ledger.changed.wait(), 5)
+            assert fake.last_message(USER).text == "You said: first."  # not sent yet
+        await handling
+        assert "please wait" in fake.last_message(USER).text
+
+
+async def test_polling_survives_get_updates_errors(tmp_path: Path, fake: FakeTelegramAPI) -> None:
+    user = fake.user(USER)
+    fake.fail("getUpdates", 502, times=2)
+    async with running(tmp_path, fake, polling=True) as env:
+        fake.push(fake.text(fake.private(user), user, "still polling?"))
+        await fake.wait_until(lambda: bool(fake.chat_messages(USER))
+                              and bool(fake.last_message(USER).reply_markup))
+        assert fake.last_message(USER).text == "You said: still polling?."
+        assert [c.status for c in fake.calls_of("getUpdates", ok_only=False)][:2] == [502, 502]
+        assert env.tg.ledger.offset == 2

@@ -104,8 +104,9 @@ async def test_review_buttons_run_for_admins_only(tmp_path: Path, fake: FakeTele
                                  reply_to=fake.as_message(answer)))
         await env.send(fake.text(group, bob, "/review"))
         assert "for admins only" in fake.last_message(group["id"]).text
-        await env.send(fake.text(group, admin, "/review"))
-        listing = fake.last_message(group["id"])
+        await env.send(fake.text(group, admin, "/review"))  # admin output: in the admin's DM
+        assert "Sent you the result of /review" in fake.last_message(group["id"]).text
+        listing = fake.last_message(ADMIN)
         assert "c1 · suggestion by Bob on Ann's answer" in listing.text
         assert buttons(listing) == ["cmd:review:approve c1", "cmd:review:reject c1"]
         await env.send(fake.press(listing, bob, "cmd:review:approve c1"))
