@@ -33,7 +33,7 @@ async def main(n: int) -> dict[str, object]:
     await fake.start()
     with tempfile.TemporaryDirectory() as tmp, fake.patched():
         cfg = Config().replace(storage=StorageConfig(dir=tmp), model__backend="fake",
-                               discord__guild_ready_timeout_s=0.05,
+                               discord__guild_ready_timeout_s=0.05, discord__allow_dms=True,
                                discord__stream_edit_interval_s=0.2,
                                limits__user_messages_per_minute=0.0,
                                limits__chat_messages_per_minute=0.0)

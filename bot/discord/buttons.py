@@ -2,11 +2,14 @@
 
 Each is a ``DynamicItem`` whose custom id carries its state, so it works after a restart; the
 client registers :data:`KNOWN_COMPONENTS` once. A button owns its ``interaction_check`` (as in
-discord.py's ``views/persistent.py``): the /forget buttons answer only the user who asked. Who
-may rate is the core's decision (the asker or an admin), so a 👍 pressed by another member is
-refused there. A command button (a result's :class:`bot.core.Button`, e.g. ``/review approve
-c12``) runs its command through ``Core.command`` as the presser, who needs the same rights as to
-type it (checked and audited by the core).
+discord.py's ``views/persistent.py``): every press first passes the allowlists
+(:func:`bot.discord.access.admitted`); the /forget buttons answer only the user who asked; a
+👍/👎 counts only on a message the store recorded as showing that answer (not on any message
+that merely carries its custom id), else it is refused as stale. Who may rate is the core's
+decision (the asker or an admin), so a 👍 pressed by another member is refused there. A command
+button (a result's :class:`bot.core.Button`, e.g. ``/review approve c12``) runs its command through
+``Core.command`` as the presser, who needs the same rights as to type it (checked and audited by the
+core).
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import discord
 from discord import ui
 
 from bot.core import Button
+from bot.discord.access import admitted
 from bot.discord.format import split_message
-from bot.discord.port import Interaction, port_of
+from bot.discord.port import PLATFORM, Interaction, port_of
 
 log = logging.getLogger("nightowl.discord")
+
+STALE = "This button is no longer valid."  # Telegram's words for a press it cannot trust
 
 
 class FeedbackButton(ui.DynamicItem[ui.Button[Any]],
@@ -42,6 +48,31 @@ class FeedbackButton(ui.DynamicItem[ui.Button[Any]],
     async def from_custom_id(cls, interaction: Interaction, item: ui.Item[Any],
                              match: re.Match[str], /) -> FeedbackButton:
         return cls(int(match["aid"]), match["vote"])
+
+    async def interaction_check(self, interaction: Interaction, /) -> bool:
+        if not await admitted(interaction):
+            return False
+        if await self.on_its_answer(interaction):
+            return True
+        log.info("refused a 👍/👎 for answer %s pressed on message %s in channel %s, which does "
+                 "not show it", self.answer_id, getattr(interaction.message, "id", None),
+                 interaction.channel_id)
+        await _refuse(interaction, STALE)
+        return False
+
+    async def on_its_answer(self, interaction: Interaction) -> bool:
+        """Whether the pressed message shows this button's answer, as the store recorded it
+        (channel and message id) before the buttons were shown; a deleted answer passes (the
+        core says it is gone)."""
+        message = interaction.message
+        if message is None:
+            return False
+        store = port_of(interaction).core.store
+        shown = await store.find_by_platform_id(PLATFORM, str(interaction.channel_id or 0),
+                                                str(message.id))
+        if shown is not None:
+            return shown.id == self.answer_id
+        return await store.get_message(self.answer_id) is None
 
     async def callback(self, interaction: Interaction) -> None:
         port = port_of(interaction)
@@ -82,13 +113,11 @@ class ForgetButton(ui.DynamicItem[ui.Button[Any]],
         return cls(int(match["uid"]), match["choice"])
 
     async def interaction_check(self, interaction: Interaction, /) -> bool:
+        if not await admitted(interaction):
+            return False
         if interaction.user.id == self.user_id:
             return True
-        try:
-            await interaction.response.send_message("This button belongs to someone else's "
-                                                    "/forget.", ephemeral=True)
-        except discord.HTTPException as exc:
-            log.warning("could not answer a press of someone else's /forget: %s", exc)
+        await _refuse(interaction, "This button belongs to someone else's /forget.")
         return False
 
     async def callback(self, interaction: Interaction) -> None:
@@ -129,6 +158,9 @@ class CommandButton(ui.DynamicItem[ui.Button[Any]],
                              match: re.Match[str], /) -> CommandButton:
         return cls(match["name"], match["args"])
 
+    async def interaction_check(self, interaction: Interaction, /) -> bool:
+        return await admitted(interaction)
+
     async def callback(self, interaction: Interaction) -> None:
         port = port_of(interaction)
         try:
@@ -139,6 +171,13 @@ class CommandButton(ui.DynamicItem[ui.Button[Any]],
             await interaction.followup.send(first, ephemeral=True)
         except Exception:
             await port.report_error("button " + self.custom_id, interaction)
+
+
+async def _refuse(interaction: Interaction, text: str) -> None:
+    try:
+        await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not refuse a button press: %s", exc)
 
 
 def command_view(rows: list[tuple[Button, ...]]) -> ui.View:

@@ -2,11 +2,14 @@
 
 :class:`NightOwlClient` is the ``commands.Bot`` subclass with the services injected (the core and
 ``[discord]``), as in discord.py's ``advanced_startup`` example; it is the :class:`DiscordPort`
-the commands and buttons use. It decides only Discord things: who is an admin, which channels it
-answers in; messages go to :class:`MessageHandler`, slash commands are generated from the core's
-table in :mod:`bot.discord.commands`. :class:`DiscordBot` runs it inside the caller's event loop
-(``async with``): login, connect, wait until ready, answer what a restart left unanswered, and
-on exit let answers being streamed finish before the connection closes.
+the commands and buttons use. It decides only Discord things: who is an admin (who may talk
+where is :mod:`bot.discord.access`, applied by the messages, the command tree and the buttons);
+its messages mention nobody (``AllowedMentions.none()``: no user, role, @everyone or reply ping
+from model output, on every send and edit); messages go to :class:`MessageHandler`, slash
+commands are generated from the core's table in :mod:`bot.discord.commands`.
+:class:`DiscordBot` runs it inside the caller's event loop (``async with``): login, connect,
+wait until ready, answer what a restart left unanswered, and on exit let answers being streamed
+finish before the connection closes.
 """
 
 from __future__ import annotations
@@ -28,15 +31,15 @@ from discord.ext import commands
 
 from bot.core import Attachment, ConfigError, Core, Incoming, NightOwlError
 from bot.discord.buttons import KNOWN_COMPONENTS, is_known_component
-from bot.discord.commands import SORRY, install, sync_commands, tell
+from bot.discord.commands import SORRY, GatedTree, install, sync_commands, tell
 from bot.discord.config import DiscordConfig
 from bot.discord.format import split_message
 from bot.discord.messages import MessageHandler
+from bot.discord.port import PLATFORM
 from bot.discord.render import RecoveryRenderer
 
 log = logging.getLogger("nightowl.discord")
 
-PLATFORM = "discord"
 SHUTDOWN_GRACE_S = 10.0  # how long close() waits for answers still streaming
 
 
@@ -50,8 +53,7 @@ class NightOwlClient(commands.Bot):
         intents.members = False
         super().__init__(command_prefix=commands.when_mentioned, intents=intents,
                          help_command=None, guild_ready_timeout=settings.guild_ready_timeout_s,
-                         allowed_mentions=discord.AllowedMentions(everyone=False, roles=False,
-                                                                  replied_user=False))
+                         tree_cls=GatedTree, allowed_mentions=discord.AllowedMentions.none())
         self._settings = settings
         self._core = core
         self.ready = asyncio.Event()
@@ -75,12 +77,8 @@ class NightOwlClient(commands.Bot):
         roles = getattr(user, "roles", None) or []
         return any(r.id in self._settings.admin_role_ids for r in roles)
 
-    def channel_allowed(self, channel: Any) -> bool:
-        allowed = self._settings.allowed_channels
-        if not allowed or isinstance(channel, discord.DMChannel):
-            return True
-        ids = {getattr(channel, "id", None), getattr(channel, "parent_id", None)}
-        return bool(ids & set(allowed))
+    async def record_shown(self, answer_id: int, chat_id: int, message_ids: list[str]) -> None:
+        await self._core.store.add_message_refs(answer_id, PLATFORM, str(chat_id), message_ids)
 
     def incoming(self, user: discord.abc.User, chat_id: int, text: str, *,
                  message: discord.Message | None = None,
@@ -122,6 +120,12 @@ class NightOwlClient(commands.Bot):
         self.synced = await sync_commands(self, self.tree, self)
 
     async def on_ready(self) -> None:
+        if self._settings.allowed_guilds:
+            for guild in self.guilds:
+                if guild.id not in self._settings.allowed_guilds:
+                    log.warning("the bot is in guild %s (%s), which is not in [discord] "
+                                "allowed_guilds: only allowed_users and admins are answered "
+                                "there.", guild.name, guild.id)
         self.ready.set()
 
     async def on_message(self, message: discord.Message) -> None:
@@ -237,7 +241,8 @@ class DiscordBot:
             try:
                 return await self.core.recover_pending(
                     PLATFORM, lambda chat_id, user_id: RecoveryRenderer(
-                        self.client, int(chat_id), self.settings.stream_edit_interval_s))
+                        self.client, int(chat_id), self.settings.stream_edit_interval_s,
+                        self.client.record_shown))
             except Exception:
                 log.exception("recovering unanswered Discord messages failed")
                 return 0

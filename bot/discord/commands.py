@@ -5,8 +5,10 @@ Discord): a user command becomes ``/name``, an admin command a subcommand of the
 group (:class:`AdminGroup`); a command's text becomes a string option (a choice when it has
 verbs), a document an attachment option. Every command defers within Discord's 3-second
 deadline, then calls the core through the :class:`DiscordPort` it was built with; results are
-ephemeral. Admin commands are checked in code (user ids / role ids from ``[discord]``) and audited
-by ``Core.command``, refusals included; ``admin_menu_permission`` only hides the menu.
+ephemeral. Who may run any of them where is checked first, for all alike, by the client's
+:class:`GatedTree` (:mod:`bot.discord.access`). Admin commands are checked in code (user ids /
+role ids from ``[discord]``) and audited by ``Core.command``, refusals included;
+``admin_menu_permission`` only hides the menu.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from discord import app_commands
 
 from bot.core import Attachment
 from bot.core.commands import ASK, DISCORD, Command, in_menu
+from bot.discord.access import admitted
 from bot.discord.attachments import attachment_problem
 from bot.discord.buttons import command_view, forget_view
 from bot.discord.format import split_message
@@ -127,12 +130,9 @@ def ask_command(port: DiscordPort) -> Slash:
     """``/ask``: the conversation itself, answered in the channel (not ephemeral)."""
 
     async def ask(interaction: Interaction, question: Text) -> None:
-        if interaction.guild_id is not None and not port.channel_allowed(interaction.channel):
-            await interaction.response.send_message("I don't answer in this channel.",
-                                                    ephemeral=True)
-            return
         await interaction.response.defer(thinking=True)
-        renderer = InteractionRenderer(interaction, port.settings.stream_edit_interval_s)
+        renderer = InteractionRenderer(interaction, port.settings.stream_edit_interval_s,
+                                       record=port.record_shown)
         inc = port.incoming(interaction.user, interaction.channel_id or 0, question)
         with port.answering():
             await port.core.handle(inc, renderer)
@@ -146,6 +146,14 @@ def slash_commands(port: DiscordPort) -> list[Slash | app_commands.Group]:
     users: list[Slash | app_commands.Group] = [ask_command(port)]
     users += [build(port, c) for c in in_menu(DISCORD, admin=False)]
     return [*users, AdminGroup(port)]
+
+
+class GatedTree(app_commands.CommandTree[Any]):
+    """The client's command tree: every slash command (``/ask``, the user commands, ``/admin``)
+    first passes :func:`bot.discord.access.admitted` (allowlists, channels, DMs)."""
+
+    async def interaction_check(self, interaction: Interaction, /) -> bool:
+        return await admitted(interaction)
 
 
 def install(tree: app_commands.CommandTree[Any], port: DiscordPort) -> None:

@@ -1,4 +1,11 @@
-"""``[discord]``: the bot token's variable, who is an admin, where it answers, pacing."""
+"""``[discord]``: the bot token's variable, who is an admin, who may talk and where, pacing.
+
+Who may use the bot (messages, slash commands and buttons alike; :mod:`bot.discord.access`):
+admins always; otherwise, as on Telegram, everyone when ``allowed_users`` and ``allowed_guilds``
+are both empty, else a user in ``allowed_users`` or anyone in a guild in ``allowed_guilds``. In a
+guild, ``allowed_channels`` (if set) also limits where. Direct messages only with ``allow_dms``,
+and then (a DM being in no guild) only from ``allowed_users`` when an allowlist is set.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,9 @@ class DiscordConfig:
     admin_role_ids: list[int] = list_setting()
     guild_ids: list[int] = list_setting()
     allowed_channels: list[int] = list_setting()
+    allowed_guilds: list[int] = list_setting()
+    allowed_users: list[int] = list_setting()
+    allow_dms: bool = False
     reply_in_threads: bool = False
     stream_edit_interval_s: float = setting(1.2, 0.0, 60.0)
     message_content: bool = False

@@ -1,10 +1,12 @@
 """Discord messages: which ones are for the bot, and answering them where they were asked.
 
-A message is for the bot in a DM, when it mentions the bot (or its role), replies to one of its
-messages, or is written by the asker in a thread the bot opened for their question. The answer
-goes to the channel as a reply, or into a new thread (``reply_in_threads``); a channel where the
-bot lacks a permission is logged once, not answered. The per-thread askers and the permission
-warnings are bounded (least recently used dropped first; a dropped asker is fetched again).
+A message is considered only when :func:`bot.discord.access.refusal` allows its author there
+(other guild messages are ignored; DMs need ``allow_dms``). It is for the bot in a DM, when it
+mentions the bot (or its role), replies to one of its messages, or is written by the asker in a
+thread the bot opened for their question. The answer goes to the channel as a reply, or into a
+new thread (``reply_in_threads``); a channel where the bot lacks a permission is logged once, not
+answered. The per-thread askers and the permission warnings are bounded (least recently used
+dropped first; a dropped asker is fetched again).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Any
 
 import discord
 
+from bot.core import pseudonym
 from bot.core.bounded import LruDict
+from bot.discord.access import NO_DMS, channel_ids, refusal
 from bot.discord.attachments import attachment_problem
-from bot.discord.port import DiscordPort
+from bot.discord.port import PLATFORM, DiscordPort
 from bot.discord.render import ChannelRenderer
 
 log = logging.getLogger("nightowl.discord")
@@ -120,7 +124,12 @@ class MessageHandler:
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return
         channel = message.channel
-        if not self.port.channel_allowed(channel):
+        why = refusal(self.settings, user_id=message.author.id,
+                      is_admin=self.port.is_admin(message.author),
+                      guild_id=message.guild.id if message.guild else None,
+                      channels=channel_ids(channel))
+        if why is not None:  # decided before anything is fetched, stored or sent
+            await self.refuse(message, why)
             return
         reason = await self.addressed(message)
         if reason is None:
@@ -138,6 +147,20 @@ class MessageHandler:
             await self._answer(message, text, thread_mode, reason)
         except discord.Forbidden as exc:
             self.warn_permissions(channel, [f"(Discord said: {exc.text or exc})"])
+
+    async def refuse(self, message: discord.Message, why: str) -> None:
+        """Guild messages and DMs while DMs are off: ignored; other DMs: told, as on Telegram."""
+        if message.guild is not None:  # most are not even for the bot: no log line each
+            log.debug("ignored user %s in guild %s: %s", pseudonym(PLATFORM, message.author.id),
+                      message.guild.id, why.split(" (")[0])  # the text quotes the raw id
+            return
+        log.info("refused a DM from user %s (%s)", pseudonym(PLATFORM, message.author.id),
+                 "allow_dms is off" if why == NO_DMS else "not in allowed_users")
+        if why != NO_DMS:
+            try:
+                await message.channel.send(why)
+            except discord.HTTPException as exc:
+                log.warning("could not send a refusal: %s", exc)
 
     async def _answer(self, message: discord.Message, text: str, thread_mode: bool,
                       reason: str) -> None:
@@ -165,7 +188,8 @@ class MessageHandler:
             self.thread_starters.put(thread.id, message.author.id)
             channel, reference = thread, None
         chat_id = getattr(channel, "id", message.channel.id)
-        renderer = ChannelRenderer(channel, reference, self.settings.stream_edit_interval_s)
+        renderer = ChannelRenderer(channel, reference, self.settings.stream_edit_interval_s,
+                                   self.port.record_shown)
         with self.port.answering():
             try:
                 await self.port.core.handle(

@@ -17,6 +17,7 @@ from bot.core import Attachment, Core, Incoming
 from bot.discord.config import DiscordConfig
 
 Interaction = discord.Interaction[Any]
+PLATFORM = "discord"  # the platform name in the store and in Incoming
 
 
 @runtime_checkable
@@ -35,7 +36,10 @@ class DiscordPort(Protocol):
 
     def is_admin(self, user: discord.abc.User) -> bool: ...
 
-    def channel_allowed(self, channel: Any) -> bool: ...
+    async def record_shown(self, answer_id: int, chat_id: int, message_ids: list[str]) -> None:
+        """Store which Discord messages show an answer (what its 👍/👎 presses are checked
+        against: :class:`bot.discord.buttons.FeedbackButton`)."""
+        ...
 
     def answering(self) -> AbstractContextManager[None]:
         """Mark the current task as an answer in progress (shutdown lets it finish)."""

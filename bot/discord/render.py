@@ -5,6 +5,11 @@ most once per ``interval_s`` while the answer grows (with a cursor), continuatio
 2000 characters, surplus messages deleted when the final text is shorter, and the 👍/👎 buttons on
 the last part. Subclasses say where a message goes: a channel or thread, a channel known only by
 id (recovery after a restart), or a deferred slash command.
+
+Invariant: the 👍/👎 buttons appear only after the store knows which messages show the answer
+(``record``, before the edit or post that adds them), so a press can always be checked against
+the store (:class:`bot.discord.buttons.FeedbackButton`); parts that did not exist yet are posted
+without buttons first.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
@@ -27,6 +33,8 @@ CURSOR = " …"  # shown while an answer is still streaming
 
 
 _Editable = Any  # discord.Message | InteractionMessage | WebhookMessage (all have edit/delete)
+# Stores which messages show an answer: (answer id, chat id, Discord message ids).
+Recorder = Callable[[int, int, list[str]], Awaitable[None]]
 
 
 class DiscordRenderer:
@@ -36,8 +44,10 @@ class DiscordRenderer:
     Edits happen at most once per ``interval_s``; the final text is always rendered completely.
     """
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, record: Recorder | None = None) -> None:
         self.interval_s = interval_s
+        self.record = record
+        self.chat_id = 0  # where the answer is shown (set by subclasses)
         self.sent: list[_Editable] = []
         self.shown: list[str] = []
         self._last = -float("inf")
@@ -86,10 +96,19 @@ class DiscordRenderer:
     async def finish(self, reply: Reply) -> None:
         self.stop_typing()
         view = feedback_view(reply.answer_id) if reply.feedback and reply.answer_id else None
-        await self._show(split_message(reply.text), view)
+        chunks = _parts(split_message(reply.text))
+        if view is not None and self.record is not None:
+            if len(chunks) > len(self.sent):  # new parts: post them first to learn their ids
+                await self._show(chunks, None)
+            ids = [str(m.id) for m in self.sent[:len(chunks)]]
+            try:
+                await self.record(reply.answer_id or 0, self.chat_id, ids)
+            except Exception:  # the buttons are still shown; their presses will be refused
+                log.exception("could not record the messages of answer %s", reply.answer_id)
+        await self._show(chunks, view)
 
     async def _show(self, chunks: list[str], view: ui.View | None) -> None:
-        chunks = [c for c in chunks if c.strip()] or ["…"]
+        chunks = _parts(chunks)
         last = len(chunks) - 1
         for i, chunk in enumerate(chunks):
             v = view if i == last else None
@@ -109,14 +128,20 @@ class DiscordRenderer:
                 log.warning("could not delete a surplus message: %s", exc)
 
 
+def _parts(chunks: list[str]) -> list[str]:
+    """The messages to show: the non-blank parts, at least one."""
+    return [c for c in chunks if c.strip()] or ["…"]
+
+
 class ChannelRenderer(DiscordRenderer):
     """Answers in a channel or thread; the first message replies to ``reference`` if given."""
 
     def __init__(self, channel: discord.abc.Messageable, reference: discord.Message | None,
-                 interval_s: float) -> None:
-        super().__init__(interval_s)
+                 interval_s: float, record: Recorder | None = None) -> None:
+        super().__init__(interval_s, record)
         self.channel = channel
         self.reference = reference
+        self.chat_id = int(getattr(channel, "id", 0) or 0)
 
     async def _typing_once(self) -> None:
         await self.channel.typing()
@@ -132,10 +157,11 @@ class ChannelRenderer(DiscordRenderer):
 class RecoveryRenderer(ChannelRenderer):
     """Answers into a channel known only by id (recovery after a restart): resolved on use."""
 
-    def __init__(self, client: discord.Client, channel_id: int, interval_s: float) -> None:
-        super().__init__(_NoChannel(), None, interval_s)  # type: ignore[arg-type]
+    def __init__(self, client: discord.Client, channel_id: int, interval_s: float,
+                 record: Recorder | None = None) -> None:
+        super().__init__(_NoChannel(), None, interval_s, record)  # type: ignore[arg-type]
         self.client = client
-        self.channel_id = channel_id
+        self.channel_id = self.chat_id = channel_id
 
     async def _resolve(self) -> None:
         if isinstance(self.channel, _NoChannel):
@@ -167,10 +193,11 @@ class InteractionRenderer(DiscordRenderer):
     """Answers a deferred slash command: the original response, then followups."""
 
     def __init__(self, interaction: discord.Interaction[Any], interval_s: float,
-                 ephemeral: bool = False) -> None:
-        super().__init__(interval_s)
+                 ephemeral: bool = False, record: Recorder | None = None) -> None:
+        super().__init__(interval_s, record)
         self.interaction = interaction
         self.ephemeral = ephemeral
+        self.chat_id = interaction.channel_id or 0
 
     async def start(self) -> None:
         return None  # the deferred "NightOwl is thinking…" already shows activity

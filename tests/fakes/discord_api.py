@@ -3,7 +3,9 @@
 It implements the part of the API NightOwl uses, records every request, and enforces the limits a
 real server would: 2000 characters per message, the 3-second interaction acknowledgement, a single
 acknowledgement per interaction, and blank content of guild messages that do not mention the bot
-when the client did not ask for the message-content intent. Failures (429 with retry_after, 5xx)
+when the client did not ask for the message-content intent. Like Discord, a message whose payload
+has no ``allowed_mentions`` pings every user, role and @everyone its content mentions
+(:meth:`FakeDiscord.pinged` says whom a request pinged). Failures (429 with retry_after, 5xx)
 can be injected one request at a time. Payload shapes live in :mod:`tests.fakes.discord_payloads`.
 """
 
@@ -53,7 +55,8 @@ def _resp(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 class FakeDiscord:
-    """One guild, one text channel (plus any added), users, DMs, threads, slash commands."""
+    """One guild (plus any added), one text channel (plus any added), users, DMs, threads,
+    slash commands."""
 
     def __init__(self, *, ack_deadline_s: float = 3.0, reject_privileged: bool = False) -> None:
         self.ack_deadline_s = ack_deadline_s
@@ -68,6 +71,7 @@ class FakeDiscord:
         self.members: dict[str, dict[str, Any]] = {
             self.bot["id"]: P.member(self.bot, [self.bot_role["id"]])}
         self.channels: dict[str, dict[str, Any]] = {}
+        self.other_guilds: list[str] = []
         self.channel_id = self.add_channel("general")["id"]
         self.messages: dict[str, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}
@@ -128,22 +132,34 @@ class FakeDiscord:
         self.members[u["id"]] = P.member(u, roles)
         return u
 
-    def add_channel(self, name: str, overwrites: list[dict[str, Any]] | None = None
-                    ) -> dict[str, Any]:
-        ch = P.text_channel(P.snowflake(), self.guild_id, name, overwrites)
+    def add_channel(self, name: str, overwrites: list[dict[str, Any]] | None = None, *,
+                    guild_id: str | None = None) -> dict[str, Any]:
+        ch = P.text_channel(P.snowflake(), guild_id or self.guild_id, name, overwrites)
         self.channels[ch["id"]] = ch
         return ch
+
+    def add_guild(self, name: str) -> dict[str, Any]:
+        """Another guild the bot is in (same users as members); returns its first channel."""
+        gid = P.snowflake()
+        self.other_guilds.append(gid)
+        return self.add_channel(f"{name}-general", guild_id=gid)
 
     def add_role(self, name: str, permissions: int = 0) -> str:
         r = P.role(P.snowflake(), name, permissions)
         self.roles.append(r)
         return str(r["id"])
 
-    def guild_payload(self) -> dict[str, Any]:
-        chans = [c for c in self.channels.values() if c["type"] == 0]
-        threads = [c for c in self.channels.values() if c["type"] == 11]
-        return P.guild(self.guild_id, "Test Guild", owner_id=self.owner["id"], roles=self.roles,
-                       members=list(self.members.values()), channels=chans, threads=threads)
+    def guild_payload(self, guild_id: str | None = None) -> dict[str, Any]:
+        gid = guild_id or self.guild_id
+        chans = [c for c in self.channels.values() if c["type"] == 0 and c["guild_id"] == gid]
+        threads = [c for c in self.channels.values() if c["type"] == 11
+                   and c["guild_id"] == gid]
+        roles, members = self.roles, list(self.members.values())
+        if gid != self.guild_id:  # another guild: its own @everyone, members without roles
+            roles = [P.role(gid, "@everyone", P.DEFAULT_PERMISSIONS)]
+            members = [P.member(m["user"]) for m in members]
+        return P.guild(gid, f"Guild {gid}", owner_id=self.owner["id"], roles=roles,
+                       members=members, channels=chans, threads=threads)
 
     def dm_channel_for(self, u: dict[str, Any]) -> dict[str, Any]:
         for ch in self.channels.values():
@@ -182,7 +198,7 @@ class FakeDiscord:
             guild_id = None
         else:
             ch = self.channels[channel_id or self.channel_id]
-            guild_id = self.guild_id
+            guild_id = ch["guild_id"]
         if mention_bot:
             content = f"<@{self.bot['id']}> {content}".rstrip()
         mentions = [self.bot] if mention_bot else []
@@ -220,7 +236,7 @@ class FakeDiscord:
                            dm: bool, channel_id: str | None, msg: dict[str, Any] | None = None
                            ) -> str:
         ch = self.dm_channel_for(invoker) if dm else self.channels[channel_id or self.channel_id]
-        guild_id = None if ch["type"] == 1 else self.guild_id
+        guild_id = None if ch["type"] == 1 else ch["guild_id"]
         if guild_id and kind == 2:
             data["guild_id"] = guild_id
         iid, token = P.snowflake(), f"itoken-{P.snowflake()}"
@@ -261,6 +277,31 @@ class FakeDiscord:
                 or (info["original"] and m["id"] == info["original"])]
 
     @staticmethod
+    def pinged(req: Request) -> set[str]:
+        """Whom a message request pinged, by Discord's rules: without ``allowed_mentions``
+        every user, role and @everyone/@here in the content and the replied-to author; with it,
+        the types in ``parse``, the listed ``users``/``roles``, and the replied-to author only
+        when ``replied_user`` is true."""
+        body = req.body if isinstance(req.body, dict) else {}
+        if req.path.endswith("/callback"):  # an interaction response: the message is "data"
+            body = body.get("data") or {}
+        content = str(body.get("content") or "")
+        users = set(re.findall(r"<@!?(\d+)>", content))
+        roles = set(re.findall(r"<@&(\d+)>", content))
+        everyone = {"everyone"} if re.search(r"@(everyone|here)\b", content) else set()
+        reply = {"replied_user"} if body.get("message_reference") else set()
+        allowed = body.get("allowed_mentions")
+        if allowed is None:
+            return {f"user:{u}" for u in users} | {f"role:{r}" for r in roles} | everyone | reply
+        parse = set(allowed.get("parse", []))
+        listed_users = {str(u) for u in allowed.get("users", [])}
+        listed_roles = {str(r) for r in allowed.get("roles", [])}
+        out = {f"user:{u}" for u in users if "users" in parse or u in listed_users}
+        out |= {f"role:{r}" for r in roles if "roles" in parse or r in listed_roles}
+        out |= everyone if "everyone" in parse else set()
+        return out | (reply if allowed.get("replied_user") else set())
+
+    @staticmethod
     def custom_ids(msg: dict[str, Any]) -> list[str]:
         return [c.get("custom_id", "") for row in msg.get("components", [])
                 for c in row.get("components", [])]
@@ -282,9 +323,11 @@ class FakeDiscord:
                 if self.reject_privileged and self.intents & P.MESSAGE_CONTENT_INTENT:
                     await ws.close(code=4014, message=b"Disallowed intent(s).")
                     break
-                await self.dispatch("READY", P.ready(self.bot, self.app_id, [self.guild_id],
+                guilds = [self.guild_id, *self.other_guilds]
+                await self.dispatch("READY", P.ready(self.bot, self.app_id, guilds,
                                                      f"ws://127.0.0.1:{self.port}/"))
-                await self.dispatch("GUILD_CREATE", self.guild_payload())
+                for gid in guilds:
+                    await self.dispatch("GUILD_CREATE", self.guild_payload(gid))
             elif msg["op"] == 6:  # resume: not supported, ask for a fresh identify
                 await ws.send_str(json.dumps({"op": 9, "d": False}))
         return ws
@@ -468,7 +511,8 @@ class FakeDiscord:
         if not self._bot_can(cid, P.CREATE_PUBLIC_THREADS):
             self.violations.append(f"bot created a thread in {cid} without the permission")
             return _resp(P.error(50013, "Missing Permissions"), 403)
-        th = P.thread_channel(mid, self.guild_id, cid, self.bot["id"], req.body["name"])
+        th = P.thread_channel(mid, self.channels[cid]["guild_id"], cid, self.bot["id"],
+                              req.body["name"])
         self.channels[mid] = th
         await self.dispatch("THREAD_CREATE", {**th, "newly_created": True}, required=False)
         return _resp(th, 201)

@@ -75,7 +75,7 @@ async def test_ask_and_user_commands(discord_env: DiscordEnv) -> None:
 
 async def test_forget_with_confirm_button_and_stale_feedback(discord_env: DiscordEnv) -> None:
     env, fake, store = discord_env, discord_env.fake, discord_env.store
-    await env.start()
+    await env.start(allow_dms=True)
     msg = await fake.user_message(env.alice, "remember me", dm=True)
     (answer,) = await fake.wait_for(lambda: [m for m in fake.channel_messages(msg["channel_id"])
                                              if m["components"]])
@@ -104,7 +104,7 @@ async def test_forget_with_confirm_button_and_stale_feedback(discord_env: Discor
 
 async def test_feedback_buttons_round_trip_and_survive_restart(discord_env: DiscordEnv) -> None:
     env, fake, store = discord_env, discord_env.fake, discord_env.store
-    await env.start()
+    await env.start(allow_dms=True)
     msg = await fake.user_message(env.alice, "rate me", dm=True)
     (answer,) = await fake.wait_for(lambda: [m for m in fake.channel_messages(msg["channel_id"])
                                              if m["components"]])
@@ -115,7 +115,7 @@ async def test_feedback_buttons_round_trip_and_survive_restart(discord_env: Disc
     assert fake.interactions[iid]["acked"] == 7  # the view was updated in place
     assert await store.get_feedback(aid) == 1
 
-    await env.start(restart=True)
+    await env.start(allow_dms=True, restart=True)
     iid = await fake.press(env.alice, answer, down)
     await fake.wait_for(lambda: answer["components"][0]["components"][1]["style"] == 4)
     assert await store.get_feedback(aid) == -1

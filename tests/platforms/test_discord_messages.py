@@ -6,7 +6,6 @@ FakeChatModel). Negative checks ("ignored") use a barrier: a later message that 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from typing import Any
@@ -31,7 +30,7 @@ def final(fake: Any, channel_id: str, n: int = 1) -> Any:
 async def test_dm_answered_with_typing_and_history_survives_restart(discord_env: DiscordEnv
                                                                     ) -> None:
     env, fake = discord_env, discord_env.fake
-    await env.start()
+    await env.start(allow_dms=True)
     msg = await fake.user_message(env.alice, "my name is Alice", dm=True)
     dm = msg["channel_id"]
     (answer,) = await fake.wait_for(final(fake, dm))
@@ -41,7 +40,7 @@ async def test_dm_answered_with_typing_and_history_survives_restart(discord_env:
     aid = (await env.store.last_answer(1)).id  # type: ignore[union-attr]
     assert fake.custom_ids(answer) == [f"nightowl:fb:{aid}:up", f"nightowl:fb:{aid}:down"]
 
-    await env.start(restart=True)  # new process: new client, new Core, same SQLite file
+    await env.start(allow_dms=True, restart=True)  # new process: new client, Core; same SQLite
     await fake.user_message(env.alice, "what is my name?", dm=True)
     await fake.wait_for(final(fake, dm, 2))
     history = [m["content"] for m in env.model.calls[-1]["messages"]]
@@ -119,7 +118,7 @@ async def test_streamed_edits_are_throttled(discord_env: DiscordEnv) -> None:
     env.model.delay_s = 0.02
     env.model.responder = lambda msgs: " ".join(f"word{i}" for i in range(60))
     interval = 0.2
-    await env.start(stream_edit_interval_s=interval)
+    await env.start(allow_dms=True, stream_edit_interval_s=interval)
     msg = await fake.user_message(env.alice, "stream please", dm=True)
     (answer,) = await fake.wait_for(final(fake, msg["channel_id"]))
     mid = answer["id"]
@@ -140,7 +139,7 @@ async def test_long_answer_split_at_paragraphs(discord_env: DiscordEnv) -> None:
     text = "\n\n".join(paragraphs)
     assert len(text) > 5000
     env.model.responder = lambda msgs: text
-    await env.start(stream_edit_interval_s=0.5)
+    await env.start(allow_dms=True, stream_edit_interval_s=0.5)
     msg = await fake.user_message(env.alice, "a long story", dm=True)
     await fake.wait_for(final(fake, msg["channel_id"]))
     parts = fake.channel_messages(msg["channel_id"])
@@ -174,7 +173,7 @@ async def test_allowed_channels_and_missing_permissions(discord_env: DiscordEnv,
 
 async def test_attachments_in_chat_are_refused_with_reason(discord_env: DiscordEnv) -> None:
     env, fake = discord_env, discord_env.fake
-    await env.start(max_attachment_mb=0.001)
+    await env.start(allow_dms=True, max_attachment_mb=0.001)
     atts = [fake.add_file("tool.exe", b"MZ" * 10), fake.add_file("big.md", b"x" * 5000),
             fake.add_file("notes.md", b"# notes")]
     msg = await fake.user_message(env.alice, "", dm=True, attachments=atts)
@@ -189,7 +188,7 @@ async def test_attachments_in_chat_are_refused_with_reason(discord_env: DiscordE
 async def test_rate_limit_and_server_errors_are_retried(discord_env: DiscordEnv,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     env, fake = discord_env, discord_env.fake
-    await env.start()
+    await env.start(allow_dms=True)
     fake.inject("POST", r"/channels/\d+/messages", 429, retry_after=0.3)
     fake.inject("PATCH", r"/channels/\d+/messages/\d+", 502)
     msg = await fake.user_message(env.alice, "despite limits", dm=True)
@@ -205,7 +204,7 @@ async def test_rate_limit_and_server_errors_are_retried(discord_env: DiscordEnv,
 async def test_handler_error_is_reported_and_bot_keeps_running(discord_env: DiscordEnv) -> None:
     env, fake = discord_env, discord_env.fake
     env.allow_errors(r"unexpected error in Discord event on_message")
-    await env.start()
+    await env.start(allow_dms=True)
     real_handle = env.core.handle
 
     async def broken(inc: Incoming, renderer: Renderer) -> Reply:
@@ -223,14 +222,11 @@ async def test_handler_error_is_reported_and_bot_keeps_running(discord_env: Disc
 
 async def test_answer_message_ids_are_recorded(discord_env: DiscordEnv) -> None:
     env, fake = discord_env, discord_env.fake
-    await env.start()
+    await env.start(allow_dms=True)
     msg = await fake.user_message(env.alice, "remember my ids", dm=True)
     (answer,) = await fake.wait_for(final(fake, msg["channel_id"]))
-    for _ in range(200):  # recorded right after the final render
-        found = await env.store.find_by_platform_id("discord", msg["channel_id"], answer["id"])
-        if found is not None:
-            break
-        await asyncio.sleep(0.01)
+    # recorded before the buttons were shown (what a 👍/👎 press is checked against)
+    found = await env.store.find_by_platform_id("discord", msg["channel_id"], answer["id"])
     assert found is not None and found.role == "assistant"
     assert found.text == "You said: remember my ids."
 
