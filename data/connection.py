@@ -2,8 +2,9 @@
 
 :meth:`Connection.transaction` is the only way anything writes: ``BEGIN IMMEDIATE ... COMMIT``
 under one asyncio lock (every task shares the connection, so transactions must not interleave),
-rolled back on any error. The table modules (users, conversations, feedback, runs, kb) build on
-this class; :class:`data.store.Store` combines them.
+rolled back on any error. ``secure_delete`` is on, so deleted rows do not stay readable in free
+pages; :meth:`Connection.checkpoint` empties the ``-wal``. The table modules (users,
+conversations, feedback, runs, kb) build on this class; :class:`data.store.Store` combines them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import aiosqlite
 
 from data.errors import StoreError
 from data.migrations import MIGRATIONS
+
+BUSY_TIMEOUT_MS = 10_000
+CHECKPOINT_WAIT_MS = 1_000  # the checkpoint holds the write lock: chats wait at most this
 
 
 class Connection:
@@ -45,8 +49,12 @@ class Connection:
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute("PRAGMA foreign_keys=ON")
-            await self._db.execute("PRAGMA synchronous=NORMAL")
-            await self._db.execute("PRAGMA busy_timeout=10000")
+            # FULL: a commit is on disk when it returns (NORMAL could lose the last commits on
+            # a power loss, e.g. a message the platform was already told is stored)
+            await self._db.execute("PRAGMA synchronous=FULL")
+            await self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            # deleted rows are overwritten with zeros, not left in free pages (/forget, retention)
+            await self._db.execute("PRAGMA secure_delete=ON")
             await self._migrate()
         except sqlite3.DatabaseError as exc:
             await self.close()
@@ -77,6 +85,17 @@ class Connection:
                 await db.execute("ROLLBACK")
                 raise
             await db.execute("COMMIT")
+
+    async def checkpoint(self) -> bool:
+        """Copy the WAL into the database file and truncate it (after /forget and retention, so
+        deleted text is not left in the ``-wal``); False if a reader kept it from finishing."""
+        async with self._write_lock:  # a reader in another process waits it out for <= 1 s
+            await self.db.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+            try:
+                rows = list(await self.db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)"))
+            finally:
+                await self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return not rows or int(rows[0][0]) == 0
 
     async def _migrate(self) -> None:
         db = self.db

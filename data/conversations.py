@@ -3,6 +3,8 @@
 A user message is stored ``pending`` before it is answered; :meth:`ConversationTables.answer`
 stores the answer and marks its question ``done`` in one transaction, so after a crash the
 pending messages are exactly the unanswered ones. History is finished (``done``) messages only.
+Retention deletes in bounded batches (:meth:`ConversationTables.expire_batch`), so it never holds
+the one write connection for long.
 """
 
 from __future__ import annotations
@@ -10,10 +12,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from data.connection import Connection
-from data.rows import Message
+from data.rows import Message, PendingMessage
+
+
+@dataclass(frozen=True)
+class Expired:
+    """What one retention batch deleted."""
+
+    conversations: tuple[int, ...]
+    messages: tuple[int, ...]
+    questions: tuple[str, ...] = ()  # for run reports, which sample questions without ids
 
 _MSG_COLS = ("id, conversation_id, role, text, created_at, status, reply_to, platform_message_id, "
              "model, adapter, latency_s, sources, dropped_history")
@@ -51,14 +63,28 @@ class ConversationTables(Connection):
                 "AND chat_id = ? AND ended_at IS NULL",
                 (time.time(), user_id, platform, str(chat_id)))
 
-    async def delete_older_than(self, cutoff: float) -> int:
-        """Retention: delete conversations whose last message is older than ``cutoff``."""
+    async def delete_older_than(self, cutoff: float, batch: int = 0) -> int:
+        """Retention: delete conversations whose last message is older than ``cutoff``; with
+        ``batch`` > 0 at most that many (one short transaction: call again until 0)."""
+        return len((await self.expire_batch(cutoff, batch or 2**62)).conversations)
+
+    async def expire_batch(self, cutoff: float, batch: int) -> Expired:
+        """Retention, one bounded transaction: delete up to ``batch`` conversations whose last
+        message is older than ``cutoff``; returns their ids, their messages' ids (the files on
+        disk are purged by them) and their questions."""
         async with self.transaction() as db:
-            cur = await db.execute(
-                "DELETE FROM conversations WHERE id IN (SELECT c.id FROM conversations c "
-                "LEFT JOIN messages m ON m.conversation_id = c.id GROUP BY c.id "
-                "HAVING COALESCE(MAX(m.created_at), c.started_at) < ?)", (cutoff,))
-            return cur.rowcount
+            convs = [int(r[0]) for r in await db.execute_fetchall(
+                "SELECT c.id FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id "
+                "GROUP BY c.id HAVING COALESCE(MAX(m.created_at), c.started_at) < ? "
+                "ORDER BY c.id LIMIT ?", (cutoff, batch))]
+            if not convs:
+                return Expired((), ())
+            marks = ",".join("?" * len(convs))
+            msgs = list(await db.execute_fetchall(
+                f"SELECT id, role, text FROM messages WHERE conversation_id IN ({marks})", convs))
+            await db.execute(f"DELETE FROM conversations WHERE id IN ({marks})", convs)
+        return Expired(tuple(convs), tuple(int(r[0]) for r in msgs),
+                       tuple(str(r[2]) for r in msgs if r[1] == "user"))
 
     # ---- writing messages ------------------------------------------------------------------
     async def add_message(self, conversation_id: int, role: str, text: str, *,
@@ -139,11 +165,11 @@ class ConversationTables(Connection):
             "ORDER BY id DESC LIMIT 1", (conversation_id,)))
         return _msg(rows[0]) if rows else None
 
-    async def pending_messages(self) -> list[tuple[Message, str, str, str]]:
-        """User messages stored but never answered: (message, platform, chat_id, user id)."""
+    async def pending_messages(self) -> list[PendingMessage]:
+        """User messages stored but never answered, oldest first."""
         rows = await self.db.execute_fetchall(
             f"SELECT {_M_COLS}, c.platform, "
             "c.chat_id, u.platform_user_id FROM messages m JOIN conversations c ON "
             "m.conversation_id = c.id JOIN users u ON c.user_id = u.id "
             "WHERE m.status = 'pending' ORDER BY m.id")
-        return [(_msg(r[:13]), r[13], r[14], r[15]) for r in rows]
+        return [PendingMessage(_msg(r[:13]), r[13], r[14], r[15]) for r in rows]

@@ -1,7 +1,8 @@
 """Ratings (👍/👎, one per answer, the latest wins) and corrections, and the view training reads.
 
 :meth:`FeedbackTables.training_conversations` is the only way training sees conversations: users
-who opted out are excluded here, and forgotten users are already deleted.
+who opted out are excluded here (their conversations, and their corrections of other users'
+answers), and forgotten users are already deleted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ import time
 from data.connection import Connection
 from data.reviews import live_correction_sql
 from data.rows import TrainingConversation, TrainingMessage
+
+# the live correction (data.reviews) among those whose author did not opt out: an opted-out
+# user's correction of someone else's answer is not trained either
+_TRAINABLE_CORRECTION = live_correction_sql("m.id").replace(
+    "WHERE k0.message_id = m.id AND",
+    "WHERE k0.message_id = m.id AND NOT EXISTS (SELECT 1 FROM users ku WHERE ku.id = k0.user_id "
+    "AND ku.opted_out = 1) AND")
+if _TRAINABLE_CORRECTION == live_correction_sql("m.id"):  # pragma: no cover
+    raise ImportError("data.reviews.live_correction_sql changed shape: update data.feedback")
 
 
 class FeedbackTables(Connection):
@@ -62,7 +72,7 @@ class FeedbackTables(Connection):
             "FROM conversations c JOIN users u ON c.user_id = u.id "
             "JOIN messages m ON m.conversation_id = c.id "
             "LEFT JOIN feedback f ON f.message_id = m.id "
-            f"LEFT JOIN corrections k ON k.id = {live_correction_sql('m.id')} "
+            f"LEFT JOIN corrections k ON k.id = {_TRAINABLE_CORRECTION} "
             "LEFT JOIN reviews rk ON rk.correction_id = k.id "
             "WHERE u.opted_out = 0 AND m.status = 'done' ORDER BY c.id, m.id")
         owners: dict[int, int] = {}

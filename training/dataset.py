@@ -9,11 +9,15 @@ one); what an admin must approve first is :mod:`training.review`'s rule (``revie
 answers count only when ``include_unrated_after_hours`` > 0 and they are older than that with no
 👎. Dropped, each counted by reason in the report: 👎 without correction, unrated, non-answers and
 errors, no question, too short / too long (characters), too long in tokens even after trimming
-history, exact duplicates and near-duplicates. Opted-out and forgotten users never reach this
-module (the store excludes / deleted them). PII and secrets are scrubbed from questions and history
-before anything is written; the system prompt and retrieved context are kept as served, and an
-example whose answer holds a finding is dropped ("pii_in_answer"), so the model never learns to
-print a placeholder.
+history, exact duplicates and near-duplicates; each dropped answer is also noted with its reason
+(``DatasetReport.drops``, typed :class:`Drop`; the console's review page lists them).
+Opted-out and forgotten users never reach this module (the store excludes / deleted them).
+PII and secrets are scrubbed from questions and history before anything is written; the system
+prompt and retrieved context are kept as served, and an example whose answer holds a finding is
+dropped ("pii_in_answer"), so the model never learns to print a placeholder.
+
+Each record carries ``meta`` (``training.records``: owner, message, correction ids and knowledge
+sources), by which ``/forget`` and retention purge the files; trainers ignore it.
 
 An example trains on its final answer only: the history is context (``weight`` 0 in the JSONL,
 label -100 in training, :mod:`training.recipe`). Train and held-out are split by conversation, so
@@ -43,6 +47,7 @@ from llm.base import ChatMessage
 from llm.prompt import build_messages
 from rag.base import Passage, format_context
 from training.config import LearningSettings
+from training.records import RecordIds
 from training.review import corrected_text, correction_state, rating_state
 from training.scrub import scrub
 
@@ -72,6 +77,7 @@ class Example:
     created_at: float
     key: str = ""
     rejected: str | None = None  # for a correction: the answer it corrects (scrubbed)
+    ids: RecordIds | None = None  # whose data the example holds (``meta`` in the JSONL)
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -83,8 +89,23 @@ class Example:
         trained (the final answer) else 0, as axolotl's chat_template datasets read it
         (``message_field_training: weight``); history is context only."""
         last = len(self.messages) - 1
-        return {"messages": [{**m, "weight": int(i == last and m["role"] == "assistant")}
-                             for i, m in enumerate(self.messages)]}
+        record: dict[str, Any] = {
+            "messages": [{**m, "weight": int(i == last and m["role"] == "assistant")}
+                         for i, m in enumerate(self.messages)]}
+        if self.ids is not None:
+            record["meta"] = self.ids.meta()
+        return record
+
+
+@dataclass(frozen=True)
+class Drop:
+    """One answer the dataset leaves out and why (``reason`` is the key counted in
+    ``DatasetReport.dropped``; ``like`` is the kept answer a duplicate repeats)."""
+
+    answer_id: int
+    conversation_id: int
+    reason: str
+    like: int | None = None
 
 
 @dataclass
@@ -100,6 +121,16 @@ class DatasetReport:
     replay: int = 0
     train_conversations: int = 0
     eval_conversations: int = 0
+    ab_votes: int = 0  # the console's blind A/B votes in the preference data (kto, sft+dpo)
+    drops: list[Drop] = field(default_factory=list)  # per answer, in the order decided
+
+    def drop(self, reason: str, answer_id: int, conversation_id: int, counted: bool = True,
+             like: int | None = None) -> None:
+        """Count ``reason`` and note the answer (``counted`` False: already counted, e.g. a 👎
+        answer kept for KTO that a later rule refuses)."""
+        if counted:
+            self.dropped[reason] += 1
+            self.drops.append(Drop(answer_id, conversation_id, reason, like))
 
     def to_dict(self) -> dict[str, Any]:
         return {"answers_seen": self.answers_seen, "kept": sum(self.kept.values()),
@@ -108,7 +139,7 @@ class DatasetReport:
                 "history_trimmed": self.history_trimmed, "train": self.train, "eval": self.eval,
                 "new": self.new, "replay": self.replay,
                 "train_conversations": self.train_conversations,
-                "eval_conversations": self.eval_conversations,
+                "eval_conversations": self.eval_conversations, "ab_votes": self.ab_votes,
                 "note": "opted-out and forgotten users are excluded by the store"}
 
     def summary(self) -> str:
@@ -204,38 +235,39 @@ def build_examples(cfg: LearningSettings, conversations: Sequence[TrainingConver
             if c_state == "approved":
                 kind, target = "correction", correction
             elif c_state == "pending":
-                report.dropped["pending_review"] += 1
+                report.drop("pending_review", m.id, conv.id)
                 continue
             elif fb == -1:
-                report.dropped["thumbs_down"] += 1
+                report.drop("thumbs_down", m.id, conv.id)
                 if disliked is None or r_state != "approved":
                     continue
                 kind, target = "disliked", m.text
             elif fb is None and not (t.include_unrated_after_hours > 0 and
                                      now - m.created_at >= t.include_unrated_after_hours * 3600):
-                report.dropped["unrated"] += 1
+                report.drop("unrated", m.id, conv.id)
                 continue
             elif r_state != "approved":
-                report.dropped["pending_review" if r_state == "pending" else "rejected"] += 1
+                report.drop("pending_review" if r_state == "pending" else "rejected", m.id,
+                            conv.id)
                 continue
             else:
                 kind, target = ("good", m.text) if fb == 1 else ("unrated", m.text)
             if _is_non_answer(target):
-                report.dropped["non_answer"] += kind != "disliked"
+                report.drop("non_answer", m.id, conv.id, kind != "disliked")
                 continue
             target = target.strip()
             if len(target) < t.min_chars:
-                report.dropped["too_short"] += kind != "disliked"
+                report.drop("too_short", m.id, conv.id, kind != "disliked")
                 continue
             if len(target) > t.max_chars:
-                report.dropped["too_long"] += kind != "disliked"
+                report.drop("too_long", m.id, conv.id, kind != "disliked")
                 continue
             q = i - 1
             if q < 0 or msgs[q].role != "user" or not msgs[q].text.strip():
-                report.dropped["no_question"] += kind != "disliked"
+                report.drop("no_question", m.id, conv.id, kind != "disliked")
                 continue
             if guard is not None and (guard.check(msgs[q].text) or guard.check(target)):
-                report.dropped["moderated"] += kind != "disliked"
+                report.drop("moderated", m.id, conv.id, kind != "disliked")
                 continue
             history = [{"role": h.role, "content": h.text}
                        for h in msgs[max(0, q - cfg.chat.history_messages):q]]
@@ -247,7 +279,7 @@ def build_examples(cfg: LearningSettings, conversations: Sequence[TrainingConver
             messages.append({"role": "assistant", "content": target})
             if cfg.privacy.scrub_pii:
                 if scrub(target).counts:  # the model must never learn to print a placeholder
-                    report.dropped["pii_in_answer"] += kind != "disliked"
+                    report.drop("pii_in_answer", m.id, conv.id, kind != "disliked")
                     continue
                 scrubbed = [messages[0]]  # the system prompt and retrieved context: as served
                 for msg in messages[1:-1]:
@@ -257,10 +289,16 @@ def build_examples(cfg: LearningSettings, conversations: Sequence[TrainingConver
                 messages = [*scrubbed, messages[-1]]
             fitted, trimmed = _fit(messages, count, t.max_seq_len)
             if fitted is None:
-                report.dropped["too_long_tokens"] += kind != "disliked"
+                report.drop("too_long_tokens", m.id, conv.id, kind != "disliked")
                 continue
+            ids = RecordIds(
+                users=(conv.user_id,),
+                messages=tuple(h.id for h in msgs[max(0, q - cfg.chat.history_messages):i + 1]),
+                corrections=(m.correction_id,) if kind == "correction" and m.correction_id
+                else (),
+                sources=tuple(dict.fromkeys(p.source for p in passages if p.source)))
             if kind == "disliked" and disliked is not None:
-                disliked.append(Example(fitted, m.id, conv.id, kind, m.created_at))
+                disliked.append(Example(fitted, m.id, conv.id, kind, m.created_at, ids=ids))
                 continue
             report.history_trimmed += int(trimmed)
             rejected = None
@@ -269,7 +307,7 @@ def build_examples(cfg: LearningSettings, conversations: Sequence[TrainingConver
                 if cfg.privacy.scrub_pii and scrub(rejected).counts:
                     rejected = None  # no pair rather than a pair that holds personal data
             candidates.append(Example(fitted, m.id, conv.id, kind, m.created_at,
-                                      rejected=rejected))
+                                      rejected=rejected, ids=ids))
     kept = _dedupe(candidates, report)
     for ex in kept:
         report.kept[ex.kind] += 1
@@ -280,21 +318,23 @@ def _dedupe(candidates: list[Example], report: DatasetReport) -> list[Example]:
     """Drop duplicates; the best kind (correction > 👍 > unrated), then the newest, wins."""
     order = sorted(candidates, key=lambda e: (KIND_RANK[e.kind], -e.created_at))
     kept: list[Example] = []
-    exact: set[str] = set()
-    shingles: list[set[str]] = []
+    exact: dict[str, int] = {}  # normalised text -> the kept answer's id
+    shingles: list[tuple[set[str], int]] = []
     for ex in order:
         q, a = ex.messages[-2]["content"], ex.messages[-1]["content"]
         ctx = ex.messages[0]["content"]
         norm = _norm(f"{ctx}\n{q}\n{a}")
         if norm in exact:
-            report.dropped["duplicate"] += 1
+            report.drop("duplicate", ex.answer_id, ex.conversation_id, like=exact[norm])
             continue
         sh = _shingles(f"{q} {a}")
-        if any(_jaccard(sh, other) >= NEAR_DUP_JACCARD for other in shingles):
-            report.dropped["near_duplicate"] += 1
+        near = next((i for other, i in shingles if _jaccard(sh, other) >= NEAR_DUP_JACCARD),
+                    None)
+        if near is not None:
+            report.drop("near_duplicate", ex.answer_id, ex.conversation_id, like=near)
             continue
-        exact.add(norm)
-        shingles.append(sh)
+        exact[norm] = ex.answer_id
+        shingles.append((sh, ex.answer_id))
         kept.append(ex)
     kept.sort(key=lambda e: e.answer_id)
     return kept

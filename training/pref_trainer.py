@@ -25,6 +25,11 @@ from training.preferences import read_rows
 from training.recipe import plan
 
 
+def _columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows without ``meta`` (the ids /forget purges by): trl sees only its own columns."""
+    return [{k: v for k, v in r.items() if k != "meta"} for r in rows]
+
+
 def _args(cls: Any, job: TrainJob, out: Path, steps: int, warmup: int, **extra: Any) -> Any:
     import torch
 
@@ -63,7 +68,7 @@ def train_kto(job: TrainJob, model: Any, tokenizer: Any, template: str,
     from trl import KTOConfig, KTOTrainer
 
     tokenizer.chat_template = template
-    rows = read_rows(Path(job.prefs_file or ""))
+    rows = _columns(read_rows(Path(job.prefs_file or "")))
     taught = len(rows)
     rows += [{"prompt": p, "completion": [{"role": "assistant", "content": a}], "label": True}
              for p, a in replay]
@@ -83,7 +88,7 @@ def train_dpo(job: TrainJob, model: Any, tokenizer: Any, template: str,
     from trl import DPOConfig, DPOTrainer
 
     tokenizer.chat_template = template
-    rows = read_rows(Path(job.prefs_file or ""))
+    rows = _columns(read_rows(Path(job.prefs_file or "")))
     t = job.training
     steps = max(1, math.ceil(t.pref_epochs * len(rows) / (t.batch_size * t.grad_accum)))
     progress(f"DPO: {steps} steps on {len(rows)} pairs (correction vs corrected answer)")

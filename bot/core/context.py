@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from bot.core.config import CoreSettings
 from data.store import Store
+from data.users import Forgotten
 from llm.base import ChatModel
 from rag.base import KnowledgeBase, Retriever
 
@@ -39,8 +40,9 @@ class Learning(Protocol):
 
     def probe(self, args: str) -> str: ...
 
-    async def purge_texts(self, texts: list[str]) -> int:
-        """/forget: drop a user's lines from dataset files on disk; returns lines removed."""
+    async def purge_forgotten(self, who: Forgotten) -> int:
+        """/forget: drop a user's records from dataset files on disk (by id; by text in files
+        without ids); returns records removed; raises if a file could not be purged."""
         ...
 
     def waiting_candidate(self) -> str | None:

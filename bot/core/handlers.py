@@ -8,6 +8,7 @@ the user). ``Core.command`` has already checked admin rights; it audits admin co
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from bot.core.context import CommandContext, Learning, Outcome
 from bot.core.messages import CommandResult, Incoming
@@ -59,32 +60,47 @@ async def forget_request(ctx: CommandContext, inc: Incoming, args: str) -> Comma
 
 
 async def forget(ctx: CommandContext, inc: Incoming) -> CommandResult:
-    """Delete everything stored about this user (after the platform's confirmation)."""
+    """Delete everything stored about this user (after the platform's confirmation; the core
+    holds the user's locks, so no answer of theirs is in flight). Whatever could not be deleted
+    is said in the reply (and told to the admins), never reported as deleted."""
     user = await ctx.store.get_user(inc.platform, inc.user_id)
     if user is None:
         return CommandResult("There is nothing stored about you.")
-    texts = await ctx.store.user_texts(user.id)
+    by = f"{inc.platform}:{inc.user_id}"
+    # answers store a passage's document name (rag.search): the uploads are purged by it
+    uploaded = sorted({Path(s.source).name for s in await ctx.store.kb_sources(ingested_by=by)})
+    who = await ctx.store.forgotten(user.id, uploaded)  # the ids the files are purged by
     notes_problem = await forget_notes(ctx, user.id)  # before the rows: it needs nothing else
-    counts = await ctx.store.forget_user(user.id)
+    counts = await ctx.store.forget_user(user.id, uploaded)
+    failed: list[str] = []
     if ctx.learning is not None:
         try:
-            await ctx.learning.purge_texts(texts)
+            await ctx.learning.purge_forgotten(who)
         except Exception:
-            log.exception("could not purge dataset files of a forgotten user")
+            log.exception("could not purge the dataset files of a forgotten user (%d messages)",
+                          len(who.message_ids))
+            failed.append("your examples in the training data files on disk")
     uploads: list[str] = []
     remove = getattr(ctx.knowledge, "remove_by_uploader", None)
     if remove is not None:
         try:
-            uploads = list(await remove(f"{inc.platform}:{inc.user_id}"))
+            uploads = list(await remove(by))
         except Exception:
             log.exception("could not remove the uploads of a forgotten user")
+            failed.append(f"{len(uploaded)} uploaded document(s) in the knowledge base")
     note = f"\nRemoved {len(uploads)} uploaded document(s)." if uploads else ""
     note += notes_problem
+    if failed:
+        note += ("\n⚠️ Not deleted yet: " + "; ".join(failed) + ". The error is logged and the "
+                 "admins are told, so they can finish it.")
+        await ctx.notify_admins("/forget could not delete " + "; ".join(failed).replace(
+            "your ", "a user's ") + " (see the log).")
     if ctx.learning is not None and ctx.learning.adapters_text().strip():
         note += ("\nAdapters trained before today may still reflect your past "
                  "conversations; an admin can retrain without them.")
     return CommandResult(f"Deleted {counts.messages} messages, {counts.feedback} "
-                         f"ratings and {counts.corrections} corrections.{note}")
+                         f"ratings and {counts.corrections} corrections from the database."
+                         f"{note}", ok=not failed)
 
 
 # ---- admin commands -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from data.users import Forgotten
 from training.service import RetrainOutcome
 
 
@@ -66,9 +67,9 @@ class FakeLearning:
             return "\n".join(f"#{i} {p}" for i, p in enumerate(self.probes, 1)) or "No probes."
         return "Usage: /probe add QUESTION => EXPECTED | /probe list | /probe remove N"
 
-    async def purge_texts(self, texts: list[str]) -> int:
-        self.purged.extend(texts)
-        return len(texts)
+    async def purge_forgotten(self, who: Forgotten) -> int:
+        self.purged.extend(who.texts)
+        return len(who.texts)
 
     def waiting_candidate(self) -> str | None:
         return self.candidate

@@ -141,8 +141,11 @@ async def test_export_writes_messages_jsonl(cfg: Config, store: Store, tmp_path:
     n, report = await export_jsonl(cfg, store, out)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert n == 1 and len(lines) == 1
-    assert list(lines[0]) == ["messages"]
+    assert list(lines[0]) == ["messages", "meta"]  # meta: the ids /forget purges by
     assert [m["role"] for m in lines[0]["messages"]] == ["system", "user", "assistant"]
+    x = await store.get_user("terminal", "x")
+    assert x is not None and lines[0]["meta"]["users"] == [x.id]
+    assert len(lines[0]["meta"]["messages"]) == 2 and lines[0]["meta"]["corrections"] == []
     assert report.dropped["thumbs_down"] == 1
 
 
