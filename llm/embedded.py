@@ -2,11 +2,13 @@
 
 Loading the GGUF is slow (metadata parsing and dequantization), so it is converted once into
 bf16 safetensors under ``<storage>/models/smollm2-135m-instruct``, which later loads quickly.
-The conversion is atomic: an interrupted one never leaves a half-written model behind.
+The conversion is atomic: an interrupted one never leaves a half-written model behind, and two
+processes starting at once (bot and CLI) convert it once, the second waiting for the first.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import os
@@ -42,19 +44,48 @@ def converted_dir(storage_dir: Path) -> Path:
     return Path(storage_dir) / "models" / CONVERTED_NAME
 
 
+def _complete(target: Path) -> bool:
+    return (target / "config.json").exists() and any(target.glob("*.safetensors"))
+
+
 def ensure_embedded_model(storage_dir: Path,
                           say: Callable[[str], None] | None = None) -> Path:
     """Return the bf16 safetensors folder of the embedded model, converting it once if needed.
 
-    The conversion writes to a temporary folder and renames it into place, so an interrupted
-    conversion never leaves a half-written model behind.
+    One process converts at a time (``flock`` on ``models/.<name>.lock``, dropped by the kernel
+    if it dies); a process that waited finds the folder done and uses it. The conversion writes
+    to a temporary folder and renames it into place, so an interrupted conversion never leaves a
+    half-written model behind and a folder another process loads is never removed.
     """
     target = converted_dir(storage_dir)
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+    if _complete(target):
         return target
     say = say or log.info
-    say("Preparing the embedded model (one-time conversion, about 20-30 seconds)...")
-    src = gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent / f".{target.name}.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("Another NightOwl process is preparing the embedded model; waiting for it...")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if _complete(target):  # the other process finished it
+            return target
+        say("Preparing the embedded model (one-time conversion, about 20-30 seconds)...")
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        try:
+            _convert(gguf_path(), tmp)
+            if target.exists():  # incomplete (no process converts it now: we hold the lock)
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    say(f"Embedded model ready at {target}.")
+    return target
+
+
+def _convert(src: Path, out: Path) -> None:
+    """Dequantize the GGUF ``src`` into bf16 safetensors + tokenizer files in ``out``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,19 +97,8 @@ def ensure_embedded_model(storage_dir: Path,
     setattr(model, "is_quantized", False)  # noqa: B010
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    say(f"Embedded model ready at {target}.")
-    return target
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
 
 
 def resolve_model_path(name: str, storage_dir: Path,

@@ -12,7 +12,8 @@ Invariants:
   written (atomically) only once their chunks are stored.
 - Every chunk is stored with its keyword terms and the analyzer version that made them
   (:func:`rag.keyword.terms_metadata`); reindex recomputes them with the current analyzer.
-- Reindex embeds every chunk into a fresh collection and swaps it in only when complete.
+- Reindex embeds every chunk into a fresh collection and switches to it only when complete; the
+  old one is deleted after the switch (:meth:`rag.chroma.ChunkCollection.rebuild`).
 - After every write ``on_change`` is called, so search never serves a mirror of an older store.
 """
 

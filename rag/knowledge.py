@@ -7,6 +7,10 @@ and every write tells search to reload its mirror. Correction notes (:mod:`rag.n
 second collection on the same client: :meth:`Knowledge.search` puts matching notes first, then
 fills the rest of ``k`` and of the context budget with document passages; the question is
 embedded once for both. Blocking work runs in threads.
+
+A reindex fills new collections and switches the pointers (:mod:`rag.chroma`); before every
+search, count and write, a Knowledge follows pointers switched by another process or instance
+(a running bot beside the console's or the CLI's reindex) and rebuilds its search mirror then.
 """
 
 from __future__ import annotations
@@ -72,7 +76,25 @@ class Knowledge:
         return self._chunks.collection
 
     async def count(self) -> int:
+        await self.follow()
         return await asyncio.to_thread(self._chunks.count)
+
+    async def follow(self) -> bool:
+        """Use the collections a reindex elsewhere switched to (chunks and notes); True when
+        they changed. Never raises: if Chroma cannot be asked, the current ones stay."""
+        changed = await asyncio.to_thread(self._follow)
+        if changed:
+            self._search.invalidate()
+        return changed
+
+    def _follow(self) -> bool:
+        try:
+            notes = self._notes._notes.follow()
+            return self._chunks.follow() or notes
+        except Exception as exc:
+            log.warning("could not check for a reindexed knowledge base: %s: %s",
+                        type(exc).__name__, exc)
+            return False
 
     async def note_count(self) -> int:
         """Number of correction notes stored (never counted as chunks or sources)."""
@@ -100,23 +122,28 @@ class Knowledge:
                      progress: Callable[[IngestResult], None] | None = None,
                      globs: Sequence[str] = ()) -> list[IngestResult]:
         """Ingest files and folders; one result per file, a bad file never stops the others."""
+        await self.follow()
         return await self._ingest.ingest(paths, by=by, progress=progress, globs=globs)
 
     async def ingest_bytes(self, name: str, data: bytes, *, by: str) -> IngestResult:
         """A chat upload: sanitized name, saved under ``<storage>/uploads/<uploader>/``."""
+        await self.follow()
         return await self._ingest.ingest_bytes(name, data, by=by)
 
     async def remove(self, source: str) -> bool:
         """Remove a source by its full name or its file name (if unambiguous)."""
+        await self.follow()
         return await self._ingest.remove(source)
 
     async def remove_by_uploader(self, by: str) -> list[str]:
         """Remove every source ingested by ``by`` (e.g. ``telegram:42``); for /forget."""
+        await self.follow()
         return await self._ingest.remove_by_uploader(by)
 
     async def reindex(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Re-embed every chunk (then every correction note) with the configured embedder into a
         fresh collection, then swap; returns the number of chunks."""
+        await self.follow()
         count = await self._ingest.reindex(progress)
         await self._notes.reindex()
         return count
@@ -141,6 +168,7 @@ class Knowledge:
         query = query.strip()
         if not query:
             return []
+        await self.follow()
         k = k or self.cfg.top_k
         if not self.cfg.correction_notes or self._notes.stale:
             return await self._search.search(query, k)

@@ -32,6 +32,7 @@ from rag.chunking import Chunker
 from rag.keyword import TERMS_KEY, KeywordIndex, stored_terms, word_set
 
 if TYPE_CHECKING:
+    from data.rows import KbSignature
     from data.store import Store
     from rag.config import RagConfig
 
@@ -66,7 +67,7 @@ class Search:
         self._thread = torch_serial_executor("nightowl-search")
         self._mirror_lock = asyncio.Lock()
         self._mirror: Mirror | None = None
-        self._signature: tuple[int, float, int] | None = None
+        self._signature: KbSignature | None = None
         self._stale_warned = False
 
     def invalidate(self) -> None:

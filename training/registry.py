@@ -2,22 +2,36 @@
 
 A version folder appears only complete (staged under ``.staging-*`` and renamed into place). The
 ``ACTIVE`` file holds the active version (absent or ``base`` = no adapter) and is replaced with
-``data.files.write_atomic``. Nothing is activated that ``llm.adapters.validate_adapter_dir`` (the
-check every backend runs before loading) refuses. Retention keeps the newest N versions and never
-deletes the active one.
+``data.files.write_atomic`` (file and folder fsynced). Nothing is activated that
+``llm.adapters.validate_adapter_dir`` (the check every backend runs before loading) refuses.
+
+Invariants:
+
+- A version's files are fsynced before it is registered, and the ``adapters/`` folder after the
+  rename, so a registered version survives a power loss complete.
+- Whoever reads ACTIVE to decide what to write into it (a rollback, a promotion, an approval)
+  holds :meth:`Registry.pointer_lock`, a short cross-process ``flock`` on ``adapters/.ACTIVE.lock``
+  that is separate from the training run's lock: a rollback never waits for a training run.
+- Retention (:meth:`Registry.prune`) keeps the newest ``keep`` promoted versions, deletes rejected
+  and failed ones first, and never deletes the active version, its rollback target or a
+  candidate waiting for approval.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from data.files import fsync_dir, write_atomic
 from llm.adapters import validate_adapter_dir
@@ -25,6 +39,8 @@ from llm.base import BASE
 from llm.errors import AdapterError
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
+PROMOTED = ("promoted", "active", "rolled-back-to")  # statuses of versions that once served
+POINTER_WAIT_S = 0.05  # how often an async waiter retries the ACTIVE lock
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,7 @@ class Registry:
         """Move a staged adapter folder into the next version with its meta.json; return it."""
         version = self.next_version()
         meta = {**meta, "version": version, "created_at": meta.get("created_at", time.time())}
+        _fsync_tree(staged)  # the weights are on disk before the version exists
         write_atomic(staged / "meta.json", _meta_json(meta))
         os.replace(staged, self.path(version))  # a folder appears complete, or not at all
         fsync_dir(self.root)
@@ -112,6 +129,36 @@ class Registry:
                 shutil.rmtree(p, ignore_errors=True)
 
     # ---- the active pointer ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def pointer_lock(self) -> Iterator[None]:
+        """Hold the ACTIVE pointer's cross-process lock (blocking; holders keep it briefly)."""
+        fh = self._open_lock()
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+        finally:
+            fh.close()  # closing drops the flock
+
+    @contextlib.asynccontextmanager
+    async def pointer_lock_async(self) -> AsyncIterator[None]:
+        """:meth:`pointer_lock` for the event loop: waits without blocking it (and without a
+        thread that could take the lock after its waiter was cancelled)."""
+        fh = self._open_lock()
+        try:
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(POINTER_WAIT_S)
+            yield
+        finally:
+            fh.close()
+
+    def _open_lock(self) -> IO[str]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return (self.root / ".ACTIVE.lock").open("a+")
+
     def active(self) -> str | None:
         try:
             value = self.pointer.read_text(encoding="utf-8").strip()
@@ -157,18 +204,42 @@ class Registry:
 
         Refuses missing or corrupt folders with AdapterError and keeps the current pointer.
         """
-        old, target = self.plan_rollback(version)
-        self.set_active(target)
+        with self.pointer_lock():
+            old, target = self.plan_rollback(version)
+            self.set_active(target)
         return old, target
 
     # ---- retention -------------------------------------------------------------------------
     def prune(self, keep: int) -> list[str]:
-        """Delete all but the newest ``keep`` versions; never the active one."""
-        active = self.active()
-        versions = self.versions()
-        doomed = [v for v in versions[:-keep] if v != active] if keep > 0 else []
-        for v in doomed:
-            shutil.rmtree(self.path(v), ignore_errors=True)
+        """Keep at most ``keep`` versions besides the protected ones, promoted ones first.
+
+        Protected (never deleted): the active version, its rollback target (the previous
+        promoted one) and candidates waiting for approval. Of the rest, the newest ``keep``
+        promoted versions stay; the remaining room goes to the newest rejected or failed ones.
+        Returns the deleted versions, oldest first.
+        """
+        if keep <= 0:
+            return []
+        fh = self._open_lock()
+        try:
+            try:  # a rollback cannot pick a version while it is deleted; never wait for one
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return []  # the next run prunes
+            active = self.active()
+            infos = self.infos()
+            protected = {active, self.previous(active)} | {
+                i.version for i in infos if i.status == "waiting"}
+            rest = [i for i in infos if i.version not in protected]
+            promoted = [i.version for i in rest if i.status in PROMOTED][-keep:]
+            room = max(keep - len(promoted), 0)
+            others = [i.version for i in rest if i.status not in PROMOTED]
+            kept = set(promoted) | set(others[len(others) - room:] if room else [])
+            doomed = [i.version for i in rest if i.version not in kept]
+            for v in doomed:
+                shutil.rmtree(self.path(v), ignore_errors=True)
+        finally:
+            fh.close()
         return doomed
 
     def describe(self) -> str:
@@ -187,3 +258,15 @@ class Registry:
                          f"{m.get('parent') or 'base'}  {m.get('examples', '?')} examples{loss}")
         lines.append(f"Active: {active or 'base model'}")
         return "\n".join(lines)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder`` and the folders themselves."""
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,8 @@ from bot.app import db_path, open_store, prepare_environment, run_platforms
 from bot.cli.common import Subparsers, say_err
 from bot.config import Config, ServeConfig
 from bot.core import NightOwlError
+from data.files import fsync_dir
+from data.lock import storage_lock
 from data.store import Store
 from llm.base import ChatModel
 from llm.errors import ModelError
@@ -40,7 +43,8 @@ def register(sub: Subparsers) -> None:
     bk = sub.add_parser("backup", help="copy the database with SQLite's online backup API")
     bk.add_argument("path")
     bk.set_defaults(run=backup)
-    rs = sub.add_parser("restore", help="replace the database with a backup (bot stopped)")
+    rs = sub.add_parser("restore", help="replace the database with a copy of a backup (refused "
+                        "while a bot runs; the backup file is not changed)")
     rs.add_argument("path")
     rs.set_defaults(run=restore)
     so = sub.add_parser("serve-openai", help="serve the model over an OpenAI-compatible API")
@@ -94,23 +98,50 @@ async def backup(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+RESTORE_REFUSAL = ("Stop it first (a running process keeps writing to the database it has "
+                   "open, and those writes would be lost), then run `nightowl restore` again.")
+
+
 async def restore(args: argparse.Namespace, cfg: Config) -> int:
+    """Replace the database with a backup: only while no NightOwl process uses the storage dir
+    (exclusive storage lock), and without ever writing to the backup itself: it is copied
+    (with its ``-wal`` if it has one), and the copy is checked, migrated and put in place."""
     src = Path(args.path)
     if not src.exists():
         raise NightOwlError(f"backup {src} not found")
-    async with Store(src) as backup_store:
-        check = await backup_store.integrity_check()
-        if check != "ok":
-            raise NightOwlError(f"backup {src} fails the integrity check ({check}); not restored")
-        prepare_environment(cfg)
+    prepare_environment(cfg)
+    with storage_lock(cfg.storage.path, "nightowl restore", exclusive=True,
+                      refusal=RESTORE_REFUSAL):
         dest = db_path(cfg)
         tmp = dest.with_suffix(".restoring")
-        await backup_store.backup(tmp)
-    for suffix in ("-wal", "-shm"):
-        Path(str(dest) + suffix).unlink(missing_ok=True)
-    tmp.replace(dest)
+        _remove_db(tmp)
+        try:
+            await asyncio.to_thread(_copy_db, src, tmp)
+            async with Store(tmp) as restored:  # migrates the copy; closing checkpoints it
+                check = await restored.integrity_check()
+            if check != "ok":
+                raise NightOwlError(f"backup {src} fails the integrity check ({check}); "
+                                    "not restored")
+            for suffix in ("-wal", "-shm"):
+                Path(str(dest) + suffix).unlink(missing_ok=True)
+            tmp.replace(dest)
+            fsync_dir(dest.parent)
+        finally:
+            _remove_db(tmp)
     print(f"Restored {dest} from {src}.")
     return 0
+
+
+def _copy_db(src: Path, dest: Path) -> None:
+    shutil.copyfile(src, dest)
+    wal = Path(f"{src}-wal")
+    if wal.exists():  # a copy of a live database: its last commits may be only in the WAL
+        shutil.copyfile(wal, f"{dest}-wal")
+
+
+def _remove_db(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def serve_settings(args: argparse.Namespace, cfg: Config) -> ServeConfig:

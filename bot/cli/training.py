@@ -72,6 +72,8 @@ async def export_model(args: argparse.Namespace, cfg: Config) -> int:
 async def cmd_train(cfg: LearningSettings, store: Any, guard: ContentGuard | None = None) -> int:
     """``nightowl train``: one learning cycle now; exit 0 also when not promoted (says why)."""
     result = await run_cycle(cfg, store, trigger="cli", say=print, guard=guard)
+    if result.status == "skipped" and not result.run_id:  # refused before a run started
+        print(f"Training not started: {result.summary}")
     if result.plot is not None:
         print(f"Plot: {result.plot}")
     if result.status == "promoted":
