@@ -2,13 +2,17 @@
 
 The gate asks the candidate and the reference adapter every probe; a candidate that passes fewer
 is rejected. The file is a JSON list of ``{"question", "expected"}``, replaced atomically on every
-change; ``/probe add|list|remove`` edits it.
+change; ``/probe add|list|remove`` edits it. An edit (read, change, write) holds an exclusive
+``flock`` on ``probes.json.lock`` beside it, so concurrent edits, from threads or processes (the
+bot and ``nightowl console``), never lose one another's probes; readers need no lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +33,15 @@ class ProbeFile:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+
+    @contextlib.contextmanager
+    def editing(self) -> Iterator[None]:
+        """Hold the file's edit lock (blocking; an edit holds it for one read and one write)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock_path.open("a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
     def load(self) -> list[Probe]:
         if not self.path.exists():
@@ -45,7 +58,11 @@ class ProbeFile:
         write_atomic(self.path, json.dumps(data, ensure_ascii=False, indent=2))
 
     def command(self, args: str) -> str:
-        """``add QUESTION => EXPECTED`` | ``list`` | ``remove N``."""
+        """``add QUESTION => EXPECTED`` | ``list`` | ``remove N`` (under :meth:`editing`)."""
+        with self.editing():
+            return self._command(args)
+
+    def _command(self, args: str) -> str:
         verb, _, rest = args.strip().partition(" ")
         verb = verb.lower()
         probes = self.load()

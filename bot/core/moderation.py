@@ -4,7 +4,9 @@
 ``training.dataset.ContentGuard``); the core calls :meth:`Guards.screen`, which never blocks the
 event loop: when a guard runs a model (the classifier), the check runs in a worker thread, and the
 classifier hands its torch work to a short-lived thread (``llm.threads.in_short_thread``) so no
-long-lived thread keeps an OpenMP pool.
+long-lived thread keeps an OpenMP pool. Loading the classifier blocks too: a running process
+builds its guards with :func:`open_guard` (in a worker thread), :func:`build_guard` is for code
+without an event loop.
 """
 
 from __future__ import annotations
@@ -103,3 +105,10 @@ def build_guard(cfg: ModerationConfig) -> Guards:
         guards.append(ClassifierGuard(cfg.classifier_model, cfg.classifier_labels,
                                       cfg.classifier_threshold))
     return Guards(guards)
+
+
+async def open_guard(cfg: ModerationConfig) -> Guards:
+    """:func:`build_guard` from the event loop: a classifier loads in a worker thread."""
+    if not cfg.classifier_model:
+        return build_guard(cfg)
+    return await asyncio.to_thread(build_guard, cfg)

@@ -253,3 +253,20 @@ async def test_answer_log_line_has_chat_user_hash_latency_adapter(
     assert rec.__dict__["chat"] == "c1" and len(rec.__dict__["user"]) == 12
     assert "secret-user-42" not in str(rec.__dict__)
     assert rec.__dict__["latency_s"] >= 0 and "adapter" in rec.__dict__
+
+
+async def test_a_failed_admin_action_is_audited(cfg: Config, store: Store) -> None:
+    """An admin action that fails with an error that is not a NightOwlError (here OSError from
+    writing ACTIVE, as on a full disk) still leaves an audit row, marked failed."""
+    from training.service import LearningService
+
+    model = FakeChatModel()
+    core = Core(cfg, store, model, None, LearningService(cfg, store, model))
+    (cfg.storage.path / "adapters" / "ACTIVE").mkdir(parents=True)  # ACTIVE cannot be written
+    with pytest.raises(OSError):
+        await core.command(msg("/rollback base", user="root", admin=True), "rollback", "base")
+    log = await store.audit_log()
+    assert [(e.actor, e.action, e.args, e.allowed) for e in log] == [
+        ("root", "rollback", "base", 1)]
+    assert log[0].result.startswith("failed: IsADirectoryError")
+

@@ -132,3 +132,55 @@ def test_probe_commands(tmp_path: Path) -> None:
     assert [p.question for p in probes.load()] == ["Who?"]
     assert json.loads((tmp_path / "probes.json").read_text()) == [
         {"question": "Who?", "expected": "Me"}]
+
+
+def test_a_regression_loss_that_cannot_be_measured_fails_the_gate() -> None:
+    # every base regression answer empty: nothing to score, both losses NaN (gate.score_all)
+    nan = float("nan")
+    for rc, rb in ((nan, nan), (2.0, nan), (nan, 2.0)):
+        d = decide(_scores(1.0, 2.0, rc=rc, rb=rb), 0.05)
+        assert not d.promote, (rc, rb, d.reasons)
+        assert any("not measurable" in r for r in d.reasons), d.reasons
+        assert not any("within tolerance" in r for r in d.reasons)
+
+
+ADD_PROBES = """
+import sys
+from pathlib import Path
+from training.probes import ProbeFile
+
+probes = ProbeFile(Path(sys.argv[1]))
+for i in range(int(sys.argv[3])):
+    probes.command(f"add {sys.argv[2]} question {i}? => answer {i}")
+"""
+
+
+def test_concurrent_probe_adds_lose_nothing(tmp_path: Path) -> None:
+    """/probe add from several threads (the bot) and another process (the console) at once."""
+    import subprocess
+    import sys
+    import threading
+
+    path = tmp_path / "probes.json"
+    root = Path(__file__).resolve().parents[2]
+    others = [subprocess.Popen([sys.executable, "-c", ADD_PROBES, str(path), f"p{n}", "40"],
+                               cwd=root) for n in range(2)]
+    start = threading.Barrier(4)
+
+    def add(name: str) -> None:
+        probes = ProbeFile(path)
+        start.wait()
+        for i in range(40):
+            probes.command(f"add {name} question {i}? => answer {i}")
+
+    threads = [threading.Thread(target=add, args=(f"t{n}",)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [p.wait(timeout=120) for p in others] == [0, 0]
+    questions = {p.question for p in ProbeFile(path).load()}
+    expected = {f"{who} question {i}?" for who in ("t0", "t1", "t2", "t3", "p0", "p1")
+                for i in range(40)}
+    assert questions == expected, f"{len(expected - questions)} probes lost"
+
