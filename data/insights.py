@@ -1,10 +1,12 @@
-"""Read-only views of the store the console pages need and ``data.store`` does not offer yet:
-conversation search, one conversation with its ratings and corrections, activity counts.
+"""Read-only views across the tables for the console: conversation search, one conversation with
+its ratings and corrections, activity counts, the platforms seen, and the rated answers of users
+who opted out (which training never sees).
 
-Invariants: SELECT only (every write goes through the store's own methods); every value from a
+Invariants: SELECT only (every write goes through the table modules' methods); every value from a
 request is a bound parameter, and LIKE patterns escape ``%``, ``_`` and ``\\``, so a search string
-is only ever text. Results are typed rows. (These belong in ``data/`` as a table module; they
-live here until the data floor takes them.)
+is only ever text. Results are typed rows. :class:`Insights` wraps the one connection
+(``Insights(store)``); it is not part of :class:`data.store.Store` because nothing but the
+console reads these.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from data.connection import Connection
 from data.conversations import _MSG_COLS, _msg
 from data.rows import Message
-from data.store import Store
 
 DAY_S = 86400.0
 
@@ -76,6 +78,17 @@ class Activity:
     ups_week: int
     downs_week: int
     corrections_week: int
+
+
+@dataclass(frozen=True)
+class OptedOutAnswer:
+    """A rated or corrected answer of a user who opted out of training."""
+
+    answer_id: int
+    conversation_id: int
+    user: str
+    question: str
+    answer: str
 
 
 def like(text: str) -> str:
@@ -145,66 +158,86 @@ def _where(f: ConversationFilter) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(parts)) if parts else "", args
 
 
-async def search_conversations(store: Store, f: ConversationFilter, *, limit: int = 50,
-                               offset: int = 0) -> list[ConversationRow]:
-    """Conversations matching ``f``, the most recently active first."""
-    where, args = _where(f)
-    rows = await store.db.execute_fetchall(
-        _ROW_SQL + where + " GROUP BY c.id ORDER BY 7 DESC, c.id DESC LIMIT ? OFFSET ?",
-        (*args, limit, offset))
-    return [_row(r) for r in rows]
+class Insights:
+    """The console's read-only queries over one open connection (the Store)."""
 
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
 
-async def conversation(store: Store, conversation_id: int
-                       ) -> tuple[ConversationRow, list[MessageView]] | None:
-    """One conversation with every message, its rating and its corrections (oldest first)."""
-    rows = list(await store.db.execute_fetchall(_ROW_SQL + " WHERE c.id = ? GROUP BY c.id",
-                                                (conversation_id,)))
-    if not rows:
-        return None
-    msgs = [_msg(r) for r in await store.db.execute_fetchall(
-        f"SELECT {_MSG_COLS} FROM messages WHERE conversation_id = ? ORDER BY id",
-        (conversation_id,))]
-    ids = [m.id for m in msgs] or [0]
-    marks = ",".join("?" * len(ids))
-    ratings = {r[0]: r[1] for r in await store.db.execute_fetchall(
-        f"SELECT message_id, value FROM feedback WHERE message_id IN ({marks})", ids)}
-    found: dict[int, list[CorrectionView]] = {}
-    for r in await store.db.execute_fetchall(
-            "SELECT k.id, k.message_id, k.text, k.origin, COALESCE(NULLIF(u.display_name, ''), "
-            "u.platform_user_id), k.created_at, rv.decision, COALESCE(rv.reviewer, ''), "
-            "rv.edited_text FROM corrections k JOIN users u ON u.id = k.user_id "
-            "LEFT JOIN reviews rv ON rv.correction_id = k.id "
-            f"WHERE k.message_id IN ({marks}) ORDER BY k.id", ids):
-        found.setdefault(r[1], []).append(CorrectionView(
-            id=r[0], text=r[2], origin=r[3], author=r[4], created_at=r[5], decision=r[6],
-            reviewer=r[7], edited=r[8]))
-    views = [MessageView(m, ratings.get(m.id), tuple(found.get(m.id, ()))) for m in msgs]
-    return _row(rows[0]), views
+    @property
+    def db(self) -> Any:
+        return self._conn.db
 
+    async def search_conversations(self, f: ConversationFilter, *, limit: int = 50,
+                                   offset: int = 0) -> list[ConversationRow]:
+        """Conversations matching ``f``, the most recently active first."""
+        where, args = _where(f)
+        rows = await self.db.execute_fetchall(
+            _ROW_SQL + where + " GROUP BY c.id ORDER BY 7 DESC, c.id DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset))
+        return [_row(r) for r in rows]
 
-async def _count(store: Store, sql: str, *args: Any) -> int:
-    rows = list(await store.db.execute_fetchall(sql, args))
-    return int(rows[0][0] or 0) if rows else 0
+    async def conversation(self, conversation_id: int
+                           ) -> tuple[ConversationRow, list[MessageView]] | None:
+        """One conversation with every message, its rating and its corrections (oldest first)."""
+        rows = list(await self.db.execute_fetchall(_ROW_SQL + " WHERE c.id = ? GROUP BY c.id",
+                                                    (conversation_id,)))
+        if not rows:
+            return None
+        msgs = [_msg(r) for r in await self.db.execute_fetchall(
+            f"SELECT {_MSG_COLS} FROM messages WHERE conversation_id = ? ORDER BY id",
+            (conversation_id,))]
+        ids = [m.id for m in msgs] or [0]
+        marks = ",".join("?" * len(ids))
+        ratings = {r[0]: r[1] for r in await self.db.execute_fetchall(
+            f"SELECT message_id, value FROM feedback WHERE message_id IN ({marks})", ids)}
+        found: dict[int, list[CorrectionView]] = {}
+        for r in await self.db.execute_fetchall(
+                "SELECT k.id, k.message_id, k.text, k.origin, COALESCE(NULLIF(u.display_name, ''), "
+                "u.platform_user_id), k.created_at, rv.decision, COALESCE(rv.reviewer, ''), "
+                "rv.edited_text FROM corrections k JOIN users u ON u.id = k.user_id "
+                "LEFT JOIN reviews rv ON rv.correction_id = k.id "
+                f"WHERE k.message_id IN ({marks}) ORDER BY k.id", ids):
+            found.setdefault(r[1], []).append(CorrectionView(
+                id=r[0], text=r[2], origin=r[3], author=r[4], created_at=r[5], decision=r[6],
+                reviewer=r[7], edited=r[8]))
+        views = [MessageView(m, ratings.get(m.id), tuple(found.get(m.id, ()))) for m in msgs]
+        return _row(rows[0]), views
 
+    async def _count(self, sql: str, *args: Any) -> int:
+        rows = list(await self.db.execute_fetchall(sql, args))
+        return int(rows[0][0] or 0) if rows else 0
 
-async def activity(store: Store, now: float | None = None) -> Activity:
-    """Conversations started and ratings given in the last day and week."""
-    now = time.time() if now is None else now
-    day, week = now - DAY_S, now - 7 * DAY_S
-    conv = "SELECT COUNT(*) FROM conversations WHERE started_at >= ?"
-    fb = "SELECT COUNT(*) FROM feedback WHERE updated_at >= ?"
-    return Activity(
-        conversations_today=await _count(store, conv, day),
-        conversations_week=await _count(store, conv, week),
-        feedback_today=await _count(store, fb, day),
-        feedback_week=await _count(store, fb, week),
-        ups_week=await _count(store, fb + " AND value = 1", week),
-        downs_week=await _count(store, fb + " AND value = -1", week),
-        corrections_week=await _count(
-            store, "SELECT COUNT(*) FROM corrections WHERE created_at >= ?", week))
+    async def activity(self, now: float | None = None) -> Activity:
+        """Conversations started and ratings given in the last day and week."""
+        now = time.time() if now is None else now
+        day, week = now - DAY_S, now - 7 * DAY_S
+        conv = "SELECT COUNT(*) FROM conversations WHERE started_at >= ?"
+        fb = "SELECT COUNT(*) FROM feedback WHERE updated_at >= ?"
+        return Activity(
+            conversations_today=await self._count(conv, day),
+            conversations_week=await self._count(conv, week),
+            feedback_today=await self._count(fb, day),
+            feedback_week=await self._count(fb, week),
+            ups_week=await self._count(fb + " AND value = 1", week),
+            downs_week=await self._count(fb + " AND value = -1", week),
+            corrections_week=await self._count(
+                "SELECT COUNT(*) FROM corrections WHERE created_at >= ?", week))
 
+    async def platforms(self) -> list[str]:
+        return [r[0] for r in await self.db.execute_fetchall(
+            "SELECT DISTINCT platform FROM conversations ORDER BY platform")]
 
-async def platforms(store: Store) -> list[str]:
-    return [r[0] for r in await store.db.execute_fetchall(
-        "SELECT DISTINCT platform FROM conversations ORDER BY platform")]
+    async def opted_out_answers(self, limit: int = 200) -> list[OptedOutAnswer]:
+        """Rated or corrected answers of users who opted out (newest first): what training
+        would have read had they not opted out."""
+        rows = await self.db.execute_fetchall(
+            "SELECT m.id, m.conversation_id, COALESCE(NULLIF(u.display_name, ''), "
+            "u.platform_user_id), COALESCE(q.text, ''), m.text FROM messages m "
+            "JOIN conversations c ON c.id = m.conversation_id JOIN users u ON u.id = c.user_id "
+            "LEFT JOIN messages q ON q.id = m.reply_to "
+            "WHERE u.opted_out = 1 AND m.role = 'assistant' AND m.status = 'done' AND ("
+            "EXISTS (SELECT 1 FROM feedback f WHERE f.message_id = m.id) OR "
+            "EXISTS (SELECT 1 FROM corrections k WHERE k.message_id = m.id)) "
+            "ORDER BY m.id DESC LIMIT ?", (limit,))
+        return [OptedOutAnswer(*r) for r in rows]

@@ -40,6 +40,14 @@ class StreamInfo:
     finish_reason: str = ""
 
 
+@dataclass(frozen=True)
+class CanaryState:
+    """The canary adapter (None: none loaded) and the share of ACTIVE requests it answers."""
+
+    version: str | None
+    share: float
+
+
 @runtime_checkable
 class ChatModel(Protocol):
     """A chat model service. Implementations: local (transformers+peft), openai, fake."""
@@ -70,6 +78,17 @@ class ChatModel(Protocol):
 
     async def load_adapter(self, path: Path, version: str) -> None:
         """Load an extra adapter (e.g. a candidate for canary or eval) without activating it."""
+        ...
+
+    @property
+    def canary(self) -> CanaryState:
+        """The canary (the most recently ``load_adapter``-ed version that is not the active
+        one, :mod:`llm.canary`) and its share."""
+        ...
+
+    async def set_canary_share(self, share: float) -> None:
+        """Let the canary answer ``share`` (0..1; 0 = off) of the requests for ACTIVE from the
+        next request on. Raises ModelError for a share outside 0..1 (nothing changes then)."""
         ...
 
     def stats(self) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""FakeChatModel: a deterministic ChatModel for fast tests, registered like a real backend."""
+"""FakeChatModel: a deterministic ChatModel for fast tests, registered like a real backend.
+
+Adapters are labels (a folder must exist); the canary follows the one rule of every backend
+(:mod:`llm.canary`): the last ``load_adapter``-ed version answers ``canary_share`` of ACTIVE.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
+from llm.base import ACTIVE, BASE, CanaryState, ChatMessage, GenParams, StreamInfo
+from llm.canary import Canary
 from llm.config import ModelConfig
 from llm.errors import AdapterError
 
@@ -29,7 +34,8 @@ class FakeChatModel:
     """Streams a scripted answer word by word. ``responder`` decides the text."""
 
     def __init__(self, responder: Responder | None = None, *, delay_s: float = 0.0,
-                 context_length: int = 2048, name: str = "fake") -> None:
+                 context_length: int = 2048, name: str = "fake",
+                 canary_share: float = 0.0) -> None:
         self.name = name
         self.context_length = context_length
         self.responder = responder or echo_responder
@@ -38,6 +44,7 @@ class FakeChatModel:
         self.adapters: dict[str, Path] = {}
         self.calls: list[dict[str, Any]] = []
         self.fail_next: Exception | None = None
+        self._canary = Canary(canary_share)
 
     @property
     def active_adapter(self) -> str | None:
@@ -49,7 +56,10 @@ class FakeChatModel:
     async def stream(self, messages: Sequence[ChatMessage], params: GenParams | None = None, *,
                      adapter: str = ACTIVE, info: StreamInfo | None = None) -> AsyncIterator[str]:
         params = params or _DEFAULTS
-        used = self._active if adapter == ACTIVE else (None if adapter == BASE else adapter)
+        if adapter == ACTIVE:
+            used = self._canary.pick(self._active)
+        else:
+            used = None if adapter == BASE else adapter
         self.calls.append({"messages": list(messages), "params": params, "adapter": used})
         if info is not None:
             info.adapter = used
@@ -80,10 +90,19 @@ class FakeChatModel:
         if not Path(path).is_dir():
             raise AdapterError(f"adapter directory {path} does not exist")
         self.adapters[version] = Path(path)
+        self._canary.loaded(version, self._active)
+
+    @property
+    def canary(self) -> CanaryState:
+        return CanaryState(self._canary.version, self._canary.share)
+
+    async def set_canary_share(self, share: float) -> None:
+        self._canary.set_share(share)
 
     def stats(self) -> dict[str, Any]:
         return {"backend": "fake", "requests": len(self.calls), "queue": 0,
-                "adapter": self._active, "loaded_adapters": sorted(self.adapters)}
+                "adapter": self._active, "loaded_adapters": sorted(self.adapters),
+                "canary": self._canary.version, "canary_share": self._canary.share}
 
     async def aclose(self) -> None:
         return None

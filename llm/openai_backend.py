@@ -19,7 +19,8 @@
   it as ``model``. Each request is pinned to the adapter chosen when it starts: a promotion
   makes new requests use the new name while requests in flight finish on the old one, which is
   unloaded once none uses it. Rollback loads the older name again if it was unloaded. A canary
-  (``[model] canary_share``) answers that share of ACTIVE requests under its own name.
+  (``[model] canary_share``, changed at run time by ``set_canary_share``) answers that share of
+  ACTIVE requests under its own name.
   ``StreamInfo.adapter`` is the NightOwl version that answered (None = base model).
 * A server restart loses runtime adapters: after a connection failure or a dead engine, and on a
   404 for one of our names, the lost adapters are loaded again before the request goes out (a
@@ -45,7 +46,7 @@ from typing import Any
 
 import httpx
 
-from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
+from llm.base import ACTIVE, BASE, CanaryState, ChatMessage, GenParams, StreamInfo
 from llm.canary import Canary
 from llm.config import ModelConfig
 from llm.errors import AdapterError, BusyError, ModelError
@@ -255,7 +256,7 @@ class OpenAIChatModel:
         except openai.APIError as exc:  # an SSE ``error`` event after the 200
             if replies.ENGINE_DEAD in exc.message:
                 self.adapters.mark_stale()
-                raise replies.engine_dead(self.base_url) from exc
+                raise replies.engine_dead(self.base_url, started=count > 0) from exc
             raise ModelError(f"the model server at {self.base_url} failed mid-answer: "
                              f"{exc.message}") from exc
         finally:
@@ -313,11 +314,19 @@ class OpenAIChatModel:
         self._canary.loaded(version, self._active)
         await self._prune()
 
+    @property
+    def canary(self) -> CanaryState:
+        return CanaryState(self._canary.version, self._canary.share)
+
+    async def set_canary_share(self, share: float) -> None:
+        self._canary.set_share(share)
+
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
         self._tokens = [(t, n) for t, n in self._tokens if now - t <= 10.0]
         return {"backend": "openai", "base_url": self.base_url, "running": self._inflight,
                 "queue": 0, "adapter": self._active, "canary": self._canary.version,
+                "canary_share": self._canary.share,
                 "loaded_adapters": sorted(self.adapters.versions()),
                 "served_names": {v: self.adapters.name(v) for v in self.adapters.versions()},
                 "adapter_reloads": self.adapters.reloads, "served": self._served,

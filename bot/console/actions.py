@@ -16,12 +16,14 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from bot.console import canary as canary_mod
 from bot.console.app import ConsoleState, session_of, state_of
 from bot.console.compare import Column, CompareError, answer_all, choices, stream_columns
 from bot.console.pages import context
 from bot.console.render import page, see_other
 from bot.console.services import PLATFORM, admin_message, knowledge_base
 from bot.core.messages import Incoming
+from llm.errors import ModelError
 
 log = logging.getLogger("nightowl.console")
 MAX_COLUMNS = 6
@@ -33,6 +35,7 @@ def routes(router: web.UrlDispatcher) -> None:
     router.add_post("/training/train", train)
     router.add_post("/training/candidate", candidate)
     router.add_post("/training/rollback", rollback)
+    router.add_post("/training/canary", canary)
     router.add_post("/compare", compare)
     router.add_post("/compare/stream", compare_stream)
     router.add_post("/compare/blind", blind)
@@ -157,6 +160,35 @@ async def rollback(request: web.Request) -> web.Response:
     if ask is not None:
         return ask
     return _done(request, await _command(request, "rollback", version), "/training")
+
+
+async def canary(request: web.Request) -> web.Response:
+    """Load a candidate as the canary and/or set its share (kept across restarts)."""
+    state = state_of(request)
+    admin = session_of(request).admin
+    form = await request.post()
+    version, raw = _field(form, "version", 20), _field(form, "share", 20)
+    try:
+        share = canary_mod.parse_share(raw)
+    except ModelError as exc:
+        await state.audit(admin, "canary", f"{version} {raw}".strip(), False, f"refused: {exc}")
+        return _done(request, f"Not changed: {str(exc).rstrip('.')}.", "/training")
+    who = version or state.core.model.canary.version or "the canary"
+    active = state.core.model.active_adapter or "base"
+    ask = _confirm(request, form, f"Let {who} answer {canary_mod.percent(share)} of the chats "
+                   f"for the active adapter ({active})? It is kept across restarts."
+                   if share > 0 else f"Stop the canary ({who} answers no chats)?")
+    if ask is not None:
+        return ask
+    try:
+        now = await canary_mod.set_canary(state.core, state.cfg, version, share)
+    except ModelError as exc:
+        await state.audit(admin, "canary", f"{version} {share}".strip(), False, f"refused: {exc}")
+        return _done(request, f"Not changed: {str(exc).rstrip('.')}.", "/training")
+    text = "Canary: " + canary_mod.describe(now, state.core.model.active_adapter) + "."
+    await state.audit(admin, "canary", f"{version or now.version or ''} {share}".strip(), True,
+                      text)
+    return _done(request, text, "/training")
 
 
 # ---- compare ----------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ comparing never changes a conversation. Every column streams at once (the engine
 :func:`stream_columns` yields typed events in arrival order. A candidate that is not loaded yet is
 loaded with ``load_adapter``; with a canary share above 0 that would make it the canary, so it
 is refused then. Blind A/B trials keep their answers server-side until the admin votes; a vote
-appends a preference pair (chosen, rejected) to ``<storage>/preferences/pairs.jsonl``.
+appends a preference pair (chosen, rejected, and the prompt messages both answered) to
+``<storage>/preferences/pairs.jsonl``, which training's preference stage reads
+(``training.preferences.read_votes``: methods kto and sft+dpo).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from typing import Any
 
 from bot.console.services import ConsoleCore, ConsoleSettings
 from bot.core.bounded import LruDict
-from llm.base import ACTIVE, BASE, StreamInfo
-from llm.prompt import build_messages, fit_messages
+from llm.base import ACTIVE, BASE, ChatMessage, StreamInfo
+from llm.prompt import build_messages, fit_messages_off_loop
 from rag.base import format_context
 from training.registry import Registry
 
@@ -48,6 +50,7 @@ class ColumnResult:
     sources: list[str] = field(default_factory=list)
     latency_s: float = 0.0
     error: str = ""
+    messages: list[ChatMessage] = field(default_factory=list)  # the prompt it answered
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,11 @@ async def _prepare(core: ConsoleCore, cfg: ConsoleSettings, col: Column) -> str:
     path = registry.validate(col.adapter)
     loaded = core.model.stats().get("loaded_adapters") or []
     if col.adapter not in loaded:
-        if cfg.model.canary_share > 0:
+        share = core.model.canary.share
+        if share > 0:
             raise CompareError(f"{col.adapter} is not loaded and loading it would make it the "
-                               f"canary ([model] canary_share = {cfg.model.canary_share}); "
-                               "compare it when the canary share is 0")
+                               f"canary, which answers {share:.0%} of the chats; set the canary "
+                               "share to 0 on the Training page to compare it")
         await core.model.load_adapter(path, col.adapter)
     return col.adapter
 
@@ -104,8 +108,9 @@ async def _answer(core: ConsoleCore, cfg: ConsoleSettings, prompt: str, col: Col
         messages = build_messages(cfg.model.system_prompt,
                                   format_context(passages) if passages else None, [], prompt)
         budget = max(core.model.context_length - cfg.model.max_new_tokens, 64)
-        fitted = fit_messages(messages, core.model.count_tokens, budget)
+        fitted = await fit_messages_off_loop(messages, core.model.count_tokens, budget)
         info = StreamInfo()
+        result.messages = list(fitted.messages)
         async for delta in core.model.stream(fitted.messages, cfg.model.gen_params(),
                                              adapter=selector, info=info):
             result.text += delta
@@ -177,7 +182,8 @@ class BlindTrials:
         if trial is None or choice not in ("A", "B"):
             return None
         chosen, rejected = trial.shown if choice == "A" else trial.shown[::-1]
-        record = {"prompt": trial.prompt, "chosen": chosen.text, "rejected": rejected.text,
+        record = {"prompt": trial.prompt, "messages": chosen.messages or rejected.messages,
+                  "chosen": chosen.text, "rejected": rejected.text,
                   "chosen_column": asdict(chosen.column), "rejected_column":
                   asdict(rejected.column), "chosen_adapter": chosen.adapter_used or "base",
                   "rejected_adapter": rejected.adapter_used or "base", "by": by,

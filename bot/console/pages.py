@@ -11,13 +11,15 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.console import queries, views
+from bot.console import canary, views
 from bot.console.app import ConsoleState, session_of, state_of
 from bot.console.compare import choices
 from bot.console.render import page
 from bot.console.services import knowledge_base
 from bot.core.errors import USER_ERRORS
-from training.dataset import build_examples
+from data.insights import ConversationFilter, Insights
+from data.rows import TrainingConversation
+from training.dataset import DatasetReport, Example, build_examples
 from training.probes import ProbeFile
 from training.registry import Registry
 
@@ -73,7 +75,7 @@ def _day(value: str, end: bool = False) -> float | None:
 async def conversations(request: web.Request) -> web.Response:
     state = state_of(request)
     q = request.query
-    f = queries.ConversationFilter(
+    f = ConversationFilter(
         text=q.get("q", "")[:200], platform=q.get("platform", "")[:32],
         user=q.get("user", "")[:100], rating=q.get("rating", ""),
         adapter=q.get("adapter", "")[:32], since=_day(q.get("since", "")),
@@ -82,18 +84,18 @@ async def conversations(request: web.Request) -> web.Response:
         offset = max(int(q.get("offset", "0")), 0)
     except ValueError:
         offset = 0
-    rows = await queries.search_conversations(state.core.store, f, limit=PAGE_SIZE + 1,
-                                              offset=offset)
+    insights = Insights(state.core.store)
+    rows = await insights.search_conversations(f, limit=PAGE_SIZE + 1, offset=offset)
     return page("conversations.html", **context(
         request, "Conversations", rows=rows[:PAGE_SIZE], more=len(rows) > PAGE_SIZE,
         offset=offset, page_size=PAGE_SIZE,
         q={k: v for k, v in q.items() if k != "offset"},
-        platforms=await queries.platforms(state.core.store)))
+        platforms=await insights.platforms()))
 
 
 async def conversation(request: web.Request) -> web.Response:
     state = state_of(request)
-    found = await queries.conversation(state.core.store, int(request.match_info["id"]))
+    found = await Insights(state.core.store).conversation(int(request.match_info["id"]))
     if found is None:
         return page("error.html", 404, **context(request, "Not found",
                                                   message="There is no such conversation."))
@@ -102,12 +104,14 @@ async def conversation(request: web.Request) -> web.Response:
                                                messages=messages))
 
 
-async def _dataset(state: ConsoleState) -> tuple[list[Any], dict[str, Any]]:
-    """What a training run would use now: the kept examples and the report (drops by reason)."""
+async def _dataset(state: ConsoleState) -> tuple[list[Example], DatasetReport,
+                                                 list[TrainingConversation]]:
+    """What a training run would use now: the kept examples, the report (each drop with its
+    reason) and the conversations it was built from."""
     convs = await state.core.store.training_conversations()
     examples, report = await asyncio.to_thread(build_examples, state.cfg, convs, now=time.time(),
                                                guard=state.core.guard)
-    return examples, report.to_dict()
+    return examples, report, convs
 
 
 async def review(request: web.Request) -> web.Response:
@@ -115,19 +119,21 @@ async def review(request: web.Request) -> web.Response:
     everything = state.cfg.training.review == "admin"
     items = await state.core.store.pending_reviews(everything=everything, limit=200)
     learning = state.core.learning
-    examples, report = await _dataset(state)
+    examples, report, convs = await _dataset(state)
+    drops = views.dropped_answers(convs, report, await Insights(state.core.store)
+                                  .opted_out_answers())
     kept = [{"kind": e.kind, "question": e.messages[-2]["content"] if len(e.messages) > 1
              else "", "answer": e.messages[-1]["content"], "answer_id": e.answer_id}
             for e in examples[-100:]]
     return page("review.html", **context(
         request, "Review queue", items=items, everything=everything,
         waiting=learning.waiting_candidate() if learning is not None else None,
-        report=report, kept=kept, mode=state.cfg.training.review))
+        report=report.to_dict(), drops=drops, kept=kept, mode=state.cfg.training.review))
 
 
 async def export(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
-    examples, _ = await _dataset(state)
+    examples, _, _ = await _dataset(state)
     await state.audit(session_of(request).admin, "export", "dataset", True,
                       f"{len(examples)} examples")
     body = "".join(json.dumps(e.record(), ensure_ascii=False) + "\n" for e in examples)
@@ -147,7 +153,9 @@ async def training(request: web.Request) -> web.Response:
         enabled=learning is not None, running=running, refresh=running,
         waiting=learning.waiting_candidate() if learning is not None else None,
         versions=list(reversed(registry.versions())), active=registry.active() or "base",
-        canary=state.cfg.model.canary_share, next_run=views.next_run(state.cfg)))
+        canary=state.core.model.canary, canary_text=canary.describe(
+            state.core.model.canary, state.core.model.active_adapter),
+        next_run=views.next_run(state.cfg)))
 
 
 async def compare(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from bot.console import actions, login, pages
+from bot.console import actions, canary, login, pages
 from bot.console.app import STATE, ConsoleState, check_bind, headers, security
 from bot.console.auth import LoginThrottle, PasswordFile, Sessions, secret_key
 from bot.console.compare import BlindTrials
@@ -29,6 +29,7 @@ def build_app(core: ConsoleCore, cfg: ConsoleSettings) -> web.Application:
     app = web.Application(middlewares=[security], client_max_size=8 * max_upload + 1024 * 1024)
     app[STATE] = state
     app.on_response_prepare.append(headers)
+    app.on_startup.append(_restore_canary)
     app.on_shutdown.append(_stop_tasks)
     static = resources.files("bot.console") / "static"
     app.router.add_static("/static/", str(static), append_version=False)
@@ -36,6 +37,11 @@ def build_app(core: ConsoleCore, cfg: ConsoleSettings) -> web.Application:
     pages.routes(app.router)
     actions.routes(app.router)
     return app
+
+
+async def _restore_canary(app: web.Application) -> None:
+    state = app[STATE]
+    await canary.restore(state.core, state.cfg)
 
 
 async def _stop_tasks(app: web.Application) -> None:

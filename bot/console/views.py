@@ -12,13 +12,64 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.console.queries import Activity, activity
+from bot.console.canary import describe
 from bot.console.services import ConsoleCore, ConsoleSettings, knowledge_base
 from bot.console.svg import loss_svg
-from data.rows import TrainingRun
+from data.insights import Activity, Insights, OptedOutAnswer
+from data.rows import TrainingConversation, TrainingRun
+from training.dataset import DatasetReport
 from training.registry import Registry
 
 LOW_DISK_BYTES = 1024**3
+DROP_REASONS = {  # training.dataset's reasons, as the review page says them
+    "opted_out": "the user opted out of training",
+    "thumbs_down": "👎 and no correction",
+    "unrated": "not rated ([training] include_unrated_after_hours trains unrated answers)",
+    "pending_review": "waits for a review decision (above)",
+    "rejected": "rejected in review",
+    "non_answer": "not an answer (empty or an error message)",
+    "too_short": "too short ([training] min_chars)",
+    "too_long": "too long ([training] max_chars)",
+    "no_question": "no question before it",
+    "moderated": "refused by moderation",
+    "pii_in_answer": "the answer holds personal data: it would need a placeholder",
+    "too_long_tokens": "too long in tokens even without history ([training] max_seq_len)",
+    "duplicate": "duplicate of answer",
+    "near_duplicate": "near-duplicate of answer",
+}
+
+
+@dataclass(frozen=True)
+class DroppedAnswer:
+    """One answer tonight's dataset leaves out, with the reason in words."""
+
+    answer_id: int
+    conversation_id: int
+    reason: str  # training.dataset's key (or "opted_out")
+    why: str
+    question: str
+    answer: str
+
+
+def dropped_answers(convs: list[TrainingConversation], report: DatasetReport,
+                    opted_out: list[OptedOutAnswer], limit: int = 200) -> list[DroppedAnswer]:
+    """Every answer the dataset drops (newest first, at most ``limit``), with its texts."""
+    texts: dict[int, tuple[str, str]] = {}
+    for conv in convs:
+        for prev, m in zip((None, *conv.messages), conv.messages, strict=False):
+            if m.role == "assistant":
+                question = prev.text if prev is not None and prev.role == "user" else ""
+                texts[m.id] = (question, m.text)
+    out = [DroppedAnswer(a.answer_id, a.conversation_id, "opted_out", DROP_REASONS["opted_out"],
+                         a.question, a.answer) for a in opted_out]
+    for d in report.drops:
+        why = DROP_REASONS.get(d.reason, d.reason)
+        if d.like is not None:
+            why = f"{why} {d.like}"
+        question, answer = texts.get(d.answer_id, ("", ""))
+        out.append(DroppedAnswer(d.answer_id, d.conversation_id, d.reason, why, question, answer))
+    out.sort(key=lambda d: -d.answer_id)
+    return out[:limit]
 
 
 @dataclass(frozen=True)
@@ -54,6 +105,7 @@ class Overview:
     next_run: str
     training_now: bool
     waiting: str | None
+    canary_text: str = ""
     warnings: list[str] = field(default_factory=list)
 
 
@@ -144,9 +196,9 @@ async def overview(core: ConsoleCore, cfg: ConsoleSettings, integrity: str) -> O
         model=core.model.name, backend=str(stats.get("backend", cfg.model.backend)),
         adapter=core.model.active_adapter or "base",
         stats={k: v for k, v in stats.items() if isinstance(v, int | float | str)
-               and k not in ("backend", "adapter")},
-        sources=sources, chunks=chunks, activity=await activity(core.store, time.time()),
+               and k not in ("backend", "adapter", "canary", "canary_share")},
+        sources=sources, chunks=chunks, activity=await Insights(core.store).activity(time.time()),
         last_run=last, next_run=next_run(cfg),
         training_now=bool(learning is not None and learning.running),
         waiting=learning.waiting_candidate() if learning is not None else None,
-        warnings=warnings)
+        canary_text=describe(core.model.canary, core.model.active_adapter), warnings=warnings)

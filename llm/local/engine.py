@@ -14,7 +14,9 @@ steps (:mod:`llm.local.worker`). Semantics:
   while new ones use the new one (see :mod:`llm.local.lora`). A missing/corrupt folder raises
   AdapterError and the previous adapter stays active.
 * ``load_adapter(path, version)`` loads an extra adapter without activating it; requests can ask
-  for it (``stream(..., adapter=version)``), and it becomes the canary (:mod:`llm.canary`).
+  for it (``stream(..., adapter=version)``), and it becomes the canary (:mod:`llm.canary`);
+  ``set_canary_share`` changes its share between two steps (requests already admitted keep the
+  adapter they were pinned to).
 * A loaded label is never re-pointed: ``set_adapter``/``load_adapter`` with a loaded version and
   another folder raise AdapterError and change nothing.
 * ``StreamInfo.adapter`` is the version that actually answered (None = base model).
@@ -32,7 +34,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from llm.adapters import validate_adapter_dir
-from llm.base import ACTIVE, BASE, ChatMessage, GenParams, StreamInfo
+from llm.base import ACTIVE, BASE, CanaryState, ChatMessage, GenParams, StreamInfo
+from llm.canary import check_share
 from llm.config import ModelConfig
 from llm.errors import AdapterError, ModelError
 from llm.local.events import Delta, Event, Failed, Finished, Request, Started
@@ -141,7 +144,7 @@ class LocalChatModel:
                 "running": len(core.batch.rows) if core is not None else 0,
                 "tokens_per_s": self._meter.tokens_per_s(),
                 "adapter": self.active_adapter, "canary": canary,
-                "canary_share": self.cfg.canary_share if canary else 0.0,
+                "canary_share": self.canary.share,
                 "loaded_adapters": sorted(core.adapters.versions()) if core is not None else [],
                 "served": self._meter.served}
 
@@ -165,6 +168,19 @@ class LocalChatModel:
         checked = validate_adapter_dir(Path(path))
         core = self._running()
         await self._call(lambda: core.adapters.load_extra(checked, version))
+
+    @property
+    def canary(self) -> CanaryState:
+        core = self._core
+        if core is None:
+            return CanaryState(None, self.cfg.canary_share)
+        rule = core.adapters.canary_rule
+        return CanaryState(rule.version, rule.share)
+
+    async def set_canary_share(self, share: float) -> None:
+        value = check_share(share)  # refused here, before anything is queued
+        core = self._running()
+        await self._call(lambda: core.adapters.canary_rule.set_share(value))
 
     # ---- the worker thread -------------------------------------------------------------------
     async def run_on_worker(self, fn: Callable[[Loaded], T]) -> T:

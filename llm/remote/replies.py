@@ -25,9 +25,13 @@ NO_ADAPTER_FILES = "No adapter found"
 CONTEXT = re.compile(r"maximum context length is (\d+) tokens")
 
 
-def engine_dead(base_url: str) -> ModelError:
+def engine_dead(base_url: str, *, started: bool = False) -> ModelError:
+    """The engine is gone: it crashed, or its server is stopping (a SIGTERM reaches the engine
+    before the HTTP server, so a stopped server can say this mid-answer too)."""
+    head = "stopped mid-answer (the answer is incomplete): " if started else ""
     return ModelError(
-        f"the vLLM engine at {base_url} died (its log has the cause: bash scripts/vllm.sh "
+        f"{head}the vLLM engine at {base_url} died or was stopped (if nobody stopped it, its "
+        "log has the cause: bash scripts/vllm.sh "
         "writes var/vllm/vllm.log); vLLM exits after this, so restart it (bash scripts/vllm.sh "
         "start). NightOwl reloads its adapters by itself once it answers again. On vLLM's CPU "
         "build a sampled request with a `seed` kills the engine; NightOwl never sends one.")

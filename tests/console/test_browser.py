@@ -3,8 +3,8 @@ Playwright, against the real server on the real services (fake model and fake tr
 
 As a new admin would: log in, approve a correction, train and watch the run finish (the page
 refreshes itself), compare two adapters (streamed), upload a document and read its result line,
-test retrieval, roll back. With ``NIGHTOWL_SCREENSHOTS=DIR`` every page is saved as a PNG there
-(``NIGHTOWL_SCREENSHOTS=docs/console`` makes the README's screenshots).
+test retrieval, roll back, set the canary share. With ``NIGHTOWL_SCREENSHOTS=DIR`` every page
+is saved as a PNG there (``NIGHTOWL_SCREENSHOTS=docs/console`` makes the README's screenshots).
 """
 
 from __future__ import annotations
@@ -135,15 +135,29 @@ async def test_a_new_admin_reviews_trains_compares_uploads_and_rolls_back(
         await shot("knowledge")
 
         await page.click("nav >> text=Training runs")
-        await page.select_option("select[name=version]", "base")
+        await page.select_option("#rollback-version", "base")
         await page.click("#rollback")
         await page.click("text=Yes, do it")
         await expect(page.locator(".flash").first).to_contain_text(
             "Active adapter is now the base model (was v0001)")
         await expect(page.locator("#active")).to_have_text("base")
 
+        await page.select_option("#canary-version", "v0001")  # the rolled-back one, as canary
+        await page.fill("#canary-share", "0.25")
+        await page.click("#set-canary")
+        await expect(page.locator(".question")).to_contain_text(
+            "Let v0001 answer 25% of the chats for the active adapter (base)?")
+        await page.click("text=Yes, do it")
+        await expect(page.locator("#canary")).to_contain_text(
+            "v0001 answers 25% of the chats for the active adapter (base)")
+        await page.fill("#canary-share", "2")
+        await page.click("#set-canary")  # refused before any confirmation
+        await expect(page.locator(".flash").first).to_contain_text("Not changed: the canary "
+                                                                    "share must be a number")
+
         await page.click("nav >> text=Probes & audit")
         await expect(page.locator("#audit")).to_contain_text("rollback")
         await shot("probes-audit")
     assert env.model.active_adapter is None
+    assert env.model.canary.version == "v0001" and env.model.canary.share == 0.25
     assert env.trainer.calls == ["console"]
