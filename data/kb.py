@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from data.connection import Connection
-from data.rows import KbSource
+from data.rows import KbSignature, KbSource
 
 _KB_COLS = "source, content_hash, size, chunks, ingested_at, ingested_by"
 
@@ -42,9 +42,9 @@ class KbTables(Connection):
             cur = await db.execute("DELETE FROM kb_sources WHERE source = ?", (source,))
             return cur.rowcount > 0
 
-    async def kb_signature(self) -> tuple[int, float, int]:
-        """(sources, latest ingest time, total chunks): changes whenever the knowledge base does."""
+    async def kb_signature(self) -> KbSignature:
+        """Sources, latest ingest time, total chunks: changes whenever the knowledge base does."""
         rows = list(await self.db.execute_fetchall(
             "SELECT COUNT(*), COALESCE(MAX(ingested_at), 0), COALESCE(SUM(chunks), 0) "
             "FROM kb_sources"))
-        return int(rows[0][0]), float(rows[0][1]), int(rows[0][2])
+        return KbSignature(int(rows[0][0]), float(rows[0][1]), int(rows[0][2]))

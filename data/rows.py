@@ -159,3 +159,22 @@ class ReviewItem:
     @property
     def key(self) -> str:
         return f"c{self.correction_id}" if self.correction_id is not None else f"a{self.answer_id}"
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    """A user message stored but never answered, with where to answer it."""
+
+    message: Message
+    platform: str
+    chat_id: str
+    user_id: str  # the platform's user id
+
+
+@dataclass(frozen=True)
+class KbSignature:
+    """Changes whenever the knowledge base does (compared whole)."""
+
+    sources: int
+    latest_ingest: float
+    chunks: int

@@ -41,7 +41,7 @@ async def test_conversation_flow_and_history(store: Store) -> None:
     conv = await store.active_conversation(user.id, "telegram", "c1")
     assert await store.active_conversation(user.id, "telegram", "c1") == conv
     q = await store.add_message(conv, "user", "hi", status="pending", platform_message_id="7")
-    assert next(m for m, *_ in await store.pending_messages()).id == q
+    assert next(p.message for p in await store.pending_messages()).id == q
     assert await store.history(conv, 10) == []  # pending turns are not history yet
     a = await store.answer(q, conv, "hello", model="m", adapter="v0001", latency_s=0.5,
                            sources=[{"source": "g.md", "section": "", "text": "t", "score": 1}])
