@@ -9,10 +9,18 @@ adapter and the base model answer, greedily and in the same batches:
 * probes: 9 questions in phrasings never taught; right = the answer holds the fact's key;
 * general: 12 unrelated questions; changed = ``training.behaviour.changed`` against the base
   answer; leaked = a fact's distinctive name or number that the base answer did not hold;
+* regression: the gate's own 12 questions (``training/regression/``), answered the way the gate
+  answers them (one list, the training child's thread count), so ``regression_changed`` must equal
+  the gate's ``gate_changed`` (``gate_agrees``); the two question sets share no question, and
+  each is a sample of 12: a recipe's count differs between them;
 * disliked: the 6 👎'd questions; still given = word similarity to the 👎'd answer >= 0.8;
 * the gate's regression-loss change, its decision, and the wall time of the cycle.
 
+The default meets the target when the gate promoted it, at least 8 of 9 probes are right, at
+most 1 of the 12 general answers changed, and the cycle took at most 600 s.
+
     .venv/bin/python bench/learning.py [--methods default,no-replay,sft-replay] [--storage DIR]
+        [--set KEY=VALUE ...]   # [training] overrides for every method, e.g. --set min_steps=40
 """
 
 from __future__ import annotations
@@ -70,15 +78,16 @@ async def _seed(store: Any) -> None:
         await one(f["question"], f["answer"], int(f["rating"]))
 
 
-def _evaluate(model_path: str, adapter: Path, system: str) -> dict[str, Any]:
+def _evaluate(model_path: str, adapter: Path, system: str, threads: int) -> dict[str, Any]:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from training import behaviour
-    from training.gate import contains_expected, generate_greedy
+    from training.gate import contains_expected, generate_greedy, load_regression
     from training.template import training_template
 
+    torch.set_num_threads(threads)  # the training child's decode path (its thread count)
     facts = json.loads((DATA / "facts.json").read_text(encoding="utf-8"))
     general = json.loads((DATA / "general.json").read_text(encoding="utf-8"))
     disliked = [f for f in _jsonl("feedback.jsonl") if f["rating"] == -1]
@@ -96,32 +105,42 @@ def _evaluate(model_path: str, adapter: Path, system: str) -> dict[str, Any]:
     probe_answers = ask([p for p, _ in probes])
     tuned_general = ask(general)
     tuned_disliked = ask([d["question"] for d in disliked])
+    regression = load_regression()
+    tuned_regression = ask(regression)  # one list, as the gate batches it
     with model.disable_adapter():
         base_general = ask(general)
+        base_regression = ask(regression)
     distinctive = sorted({t for f in facts for t in f["distinctive"]})
     changed = [behaviour.changed(b, t) for b, t in zip(base_general, tuned_general, strict=True)]
     leaked = [any(contains_expected(t, d) and not contains_expected(b, d) for d in distinctive)
               for b, t in zip(base_general, tuned_general, strict=True)]
     still = [behaviour.similarity(d["answer"], a) >= 0.8
              for d, a in zip(disliked, tuned_disliked, strict=True)]
+    reg_rows = behaviour.compare(regression, base_regression, tuned_regression)
     return {"probes_right": sum(contains_expected(a, k) for a, (_, k)
                                 in zip(probe_answers, probes, strict=True)),
             "probes_total": len(probes), "general_changed": sum(changed),
             "general_leaked": sum(leaked), "general_total": len(general),
             "disliked_still_given": sum(still), "disliked_total": len(disliked),
+            "regression_changed": sum(r.changed for r in reg_rows),
+            "regression_total": len(reg_rows),
+            "general_similarity": [round(behaviour.similarity(b, t), 2) for b, t
+                                   in zip(base_general, tuned_general, strict=True)],
+            "regression_similarity": [r.similarity for r in reg_rows],
             "changed_examples": [{"q": q, "base": b[:120], "tuned": t[:120]}
                                  for q, b, t, c in zip(general, base_general, tuned_general,
                                                        changed, strict=True) if c][:3]}
 
 
-async def run_method(name: str, storage: Path, model_name: str) -> dict[str, Any]:
+async def run_method(name: str, storage: Path, model_name: str,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
     from bot.config import Config
     from data.config import StorageConfig
     from data.store import Store
     from training.cycle import run_cycle
     from training.registry import Registry
 
-    overrides = {f"training__{k}": v for k, v in METHODS[name].items()}
+    overrides = {f"training__{k}": v for k, v in {**METHODS[name], **(extra or {})}.items()}
     root = Path(tempfile.mkdtemp(prefix=f"bench-learning-{name}-", dir=storage))
     cfg = Config().replace(storage=StorageConfig(dir=str(root)), model__backend="fake",
                            model__name=model_name, **overrides)
@@ -144,12 +163,23 @@ async def run_method(name: str, storage: Path, model_name: str) -> dict[str, Any
     out["gate_changed"] = scores.get("behaviour", {}).get("changed")
     out["steps"] = result.report.get("training", {}).get("steps")
     from llm.embedded import resolve_model_path
+    from training.launch import training_threads
 
     model_path = resolve_model_path(model_name, cfg.storage.path, lambda s: None)
     out.update(await asyncio.to_thread(_evaluate, model_path,
                                        Registry(cfg.storage.path).path(result.version),
-                                       cfg.model.system_prompt))
+                                       cfg.model.system_prompt, training_threads(cfg)))
+    # the same questions, rule and decode path as the gate: the two counts must agree
+    out["gate_agrees"] = out["regression_changed"] == out["gate_changed"]
     return out
+
+
+def _value(text: str) -> Any:
+    """A ``--set`` value: JSON (numbers, lists, true/false) or else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def main() -> None:
@@ -158,6 +188,8 @@ def main() -> None:
                     help=f"comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--storage", default=str(ROOT / "var" / "bench"))
     ap.add_argument("--model", default="embedded")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a [training] override for every method (JSON value), e.g. min_steps=40")
     args = ap.parse_args()
     import torch
 
@@ -168,12 +200,15 @@ def main() -> None:
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         sys.exit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    results = {m: asyncio.run(run_method(m, storage, args.model)) for m in names}
+    extra = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    results = {m: asyncio.run(run_method(m, storage, args.model, extra)) for m in names}
     d = results.get("default", {})
-    met = None if not d else (d.get("probes_right", 0) >= TARGET["probes_min"] and
+    met = None if not d else (d.get("status") == "promoted" and
+                              d.get("probes_right", 0) >= TARGET["probes_min"] and
                               d.get("general_changed", 99) <= TARGET["general_changed_max"] and
                               d.get("wall_s", 1e9) <= TARGET["wall_s_max"])
-    print(json.dumps({"bench": "learning", "model": args.model, "methods": results,
+    print(json.dumps({"bench": "learning", "model": args.model, "set": extra,
+                      "methods": results,
                       "target": TARGET, "default_meets_target": met}, ensure_ascii=False))
 
 

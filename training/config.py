@@ -50,7 +50,7 @@ class TrainingConfig:
     replay_share: float = setting(0.2, 0.0, 1.0)
     base_replay: int = setting(96, 0, 100_000)
     base_replay_loss: str = setting("kl", choices=BASE_REPLAY_LOSSES)
-    base_replay_weight: float = setting(3.0, 0.0, 1000.0)
+    base_replay_weight: float = setting(3.0, 0.0, 1000.0)  # chosen with bench/learning.py
     keep_adapters: int = setting(10, 1, 10_000)
     eval_tolerance: float = setting(0.3, 0.0, 10.0)
     max_changed: float = setting(0.25, 0.0, 1.0)

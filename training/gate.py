@@ -7,6 +7,9 @@
 (d) behaviour: the candidate's greedy answers to the regression questions against the reference's
     (:mod:`training.behaviour`: how many changed, whether a taught name or number leaks into
     them), and the same comparison on a sample of recent real questions, listed in the report.
+    Reference and candidate answers come from one decode path (the same process, thread count,
+    dtype and batches): cached base answers are keyed by it, so numeric noise of another path is
+    never counted as a changed answer.
 
 Held-out loss counts only the tokens that would train (each example's final answer).
 
@@ -17,6 +20,8 @@ imported lazily); :func:`decide` is the pure promotion rule the cycle applies to
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,9 +103,32 @@ def bf16_supported() -> bool:
         return False
 
 
+GEN_BATCH = 8
+REPETITION_PENALTY = 1.2
+
+
+def decode_path(model: Any) -> str:
+    """What a greedy answer depends on besides the weights and the prompt: torch, device, weight
+    dtype, autocast, thread count, batch size, repetition penalty. Answers generated under another
+    decode path differ by numeric noise (a near-tie flips a token and the rest diverges), so cached
+    base answers are keyed by it (:func:`decode_key`)."""
+    import torch
+
+    param = next(model.parameters())
+    return (f"torch {torch.__version__}, {param.device.type}, {param.dtype}, "
+            f"bf16 autocast {bf16_supported()}, {torch.get_num_threads()} threads, "
+            f"batch {GEN_BATCH}, repetition penalty {REPETITION_PENALTY}")
+
+
+def decode_key(key: str, model: Any) -> str:
+    """``key`` (model, prompt, questions, length) extended by :func:`decode_path`."""
+    return f"{key}-{hashlib.sha1(decode_path(model).encode()).hexdigest()[:8]}"
+
+
 def generate_greedy(model: Any, tokenizer: Any, template: str,
                     prompts: Sequence[Sequence[dict[str, str]]], max_new_tokens: int = 48,
-                    repetition_penalty: float = 1.2, batch_size: int = 8) -> list[str]:
+                    repetition_penalty: float = REPETITION_PENALTY,
+                    batch_size: int = GEN_BATCH) -> list[str]:
     """Greedy answers for chat prompts (left-padded batches)."""
     import torch
 
@@ -239,12 +267,14 @@ def _answers(model: Any, tokenizer: Any, template: str, system_prompt: str,
 
 def _base_answers(reg: RegressionSet, system_prompt: str, model: Any, tokenizer: Any,
                   template: str) -> list[str]:
-    """The base model's greedy answers to the regression questions (cached per key)."""
+    """The base model's greedy answers to the regression questions, cached per key and decode
+    path (answers cached under another thread count or torch are generated again, so the
+    candidate is never compared with the base through different numerics)."""
     def generate() -> list[str]:
         progress(f"generating base answers for {len(reg.questions)} regression questions (once)")
         return _answers(model, tokenizer, template, system_prompt, reg.questions, None,
                         reg.max_new_tokens)
-    return cached_answers(Path(reg.cache), reg.key, generate)
+    return cached_answers(Path(reg.cache), decode_key(reg.key, model), generate)
 
 
 # ---- the gate rule ----------------------------------------------------------------------------
@@ -256,7 +286,8 @@ class Decision:
 
 def decide(scores: dict[str, Any], tolerance: float, max_changed: float = 1.0) -> Decision:
     """Promote only if (a) held-out loss improves, (b) no fewer probes pass, (c) the regression
-    set degrades by at most ``tolerance`` (relative increase of loss on the base answers), and
+    set degrades by at most ``tolerance`` (relative increase of loss on the base answers; a loss
+    that cannot be measured, NaN, fails), and
     (d) at most ``max_changed`` of the regression answers changed and none leaks a taught term,
     whatever the losses say.
 
@@ -295,7 +326,13 @@ def decide(scores: dict[str, Any], tolerance: float, max_changed: float = 1.0) -
     rc, rb = reg.get("candidate") or {}, reg.get("base") or {}
     if rc.get("loss") is not None and rb.get("loss") is not None:
         change = (rc["loss"] - rb["loss"]) / max(rb["loss"], 1e-6)
-        if change > tolerance:
+        if not math.isfinite(change):  # NaN > tolerance is False: it must not pass
+            ok = False
+            reasons.append(f"general ability not measurable: regression loss {rb['loss']} -> "
+                           f"{rc['loss']} (no base answer had text to score); not promoted. "
+                           "Check that the base model answers, then delete "
+                           "runs/regression-base.json so its answers are generated again")
+        elif change > tolerance:
             ok = False
             reasons.append(f"general ability dropped: regression loss {rb['loss']:.4f} -> "
                            f"{rc['loss']:.4f} (+{change:.1%} > tolerance {tolerance:.0%})")

@@ -135,7 +135,7 @@ def sparse_head_trainer(kl_weight: float) -> Any:
 def replay_answers(job: TrainJob, model: Any, tokenizer: Any,
                    template: str) -> list[tuple[list[dict[str, str]], str]]:
     """(prompt, the base model's greedy answer) per replay question (cached per base model)."""
-    from training.gate import generate_greedy
+    from training.gate import decode_key, generate_greedy
     from training.replay import cached_answers
 
     rep = job.replay
@@ -150,7 +150,7 @@ def replay_answers(job: TrainJob, model: Any, tokenizer: Any,
         with model.disable_adapter():
             return generate_greedy(model, tokenizer, template, prompts, rep.max_new_tokens)
 
-    answers = cached_answers(Path(rep.cache), rep.key, generate)
+    answers = cached_answers(Path(rep.cache), decode_key(rep.key, model), generate)
     return [(p, a) for p, a in zip(prompts, answers, strict=True) if a.strip()]
 
 
