@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,14 +21,15 @@ from pathlib import Path
 
 from bot.config import Config
 from bot.core import ConfigError, Core
-from bot.core.moderation import build_guard
+from bot.core.moderation import Guards, open_guard
 from data.errors import StoreError
 from data.lock import storage_lock
 from data.store import Store
 from llm.base import ChatModel
 from llm.factory import open_model
 from rag.knowledge import Knowledge, ensure_sample, open_knowledge
-from training.cycle import no_live_run
+from training.cycle import fail_stale_runs, warm_up
+from training.retention import apply_retention
 from training.scheduler import NightlyScheduler
 from training.service import LearningService
 
@@ -107,11 +107,11 @@ async def _knowledge(cfg: Config, store: Store, wanted: bool,
         await kb.aclose()
 
 
-async def _learning(cfg: Config, store: Store, model: ChatModel,
-                    wanted: bool) -> LearningService | None:
+async def _learning(cfg: Config, store: Store, model: ChatModel, wanted: bool,
+                    guard: Guards) -> LearningService | None:
     if not wanted:
         return None
-    service = LearningService(cfg, store, model, guard=build_guard(cfg.moderation))
+    service = LearningService(cfg, store, model, guard=guard)
     await service.activate_on_start()
     return service
 
@@ -121,12 +121,17 @@ async def open_services(cfg: Config, *, say: Say = print, knowledge: bool = True
                         learning: bool = True) -> AsyncIterator[Services]:
     """Open the store, the model, the knowledge base and the learning service; build the core."""
     async with open_store(cfg, check=True) as store:
-        stale = await store.fail_stale_runs() if no_live_run(cfg.storage.path) else 0
+        stale = await fail_stale_runs(cfg.storage.path, store)  # never another's live run
         if stale:
             log.warning("marked %d interrupted training run(s) as failed", stale)
         async with _model(cfg, say) as model, _knowledge(cfg, store, knowledge, say) as kb:
-            service = await _learning(cfg, store, model, learning)
-            core = Core(cfg, store, model, kb, service)
+            guard = await open_guard(cfg.moderation)  # a classifier loads off the loop, once
+            service = await _learning(cfg, store, model, learning, guard)
+            core = Core(cfg, store, model, kb, service, guard=guard)
+            if service is not None:  # the console's canary choice, whether or not it serves
+                from bot.console.canary import restore as restore_canary
+
+                await restore_canary(core, cfg)
             try:
                 yield Services(cfg, store, core, model, kb, service)
             finally:
@@ -265,8 +270,12 @@ async def _serve(cfg: Config, say: Say, stop: asyncio.Event) -> int:
     async with open_services(cfg, say=say) as svc, _telegram(cfg, svc.core, say), \
             _discord(cfg, svc.core, say), _console(svc, say), _metrics(svc, say), _chores(svc), \
             _nightly(svc, say):
+        # what a first training cycle loads (tokenizer, matplotlib) would stall chats: now
+        await asyncio.to_thread(warm_up, cfg)
         say("NightOwl is running. Press Ctrl+C to stop.")
         await stop.wait()
+        # answers get [chat] shutdown_grace_s, then stay pending; training is cancelled
+        await svc.core.shutdown(cfg.chat.shutdown_grace_s)
     return 0
 
 
@@ -277,9 +286,9 @@ async def _housekeeping(svc: Services, every_s: float = 300.0) -> None:
             svc.core.metrics.observe_model(svc.model.stats(), svc.model.active_adapter)
             days = svc.cfg.privacy.retention_days
             if days:
-                deleted = await svc.store.delete_older_than(time.time() - days * 86400)
-                if deleted:
-                    log.info("retention: deleted %d old conversations", deleted)
+                pruned = await apply_retention(svc.store, svc.cfg.storage.path, days)
+                if pruned:
+                    log.info("retention: deleted %s", pruned.summary())
             runs = await svc.store.runs(1)
             if runs:
                 svc.core.metrics.training.set(1.0 if runs[0].status == "promoted" else 0.0)

@@ -46,7 +46,20 @@ class RedactSecrets(logging.Filter):
             if record.exc_info and record.exc_info[1] is not None:
                 record.exc_text = self._clean(logging.Formatter().formatException(record.exc_info))
                 record.exc_info = None
+            elif record.exc_text:
+                record.exc_text = self._clean(record.exc_text)
+            if record.stack_info:
+                record.stack_info = self._clean(record.stack_info)
+            for key, value in _extras(record).items():  # ``extra=`` fields reach both formats
+                if isinstance(value, str):
+                    setattr(record, key, self._clean(value))
+                elif not isinstance(value, int | float | bool) and value is not None:
+                    setattr(record, key, self._clean(str(value)))
         return True
+
+    def __call__(self, text: str) -> str:
+        """Clean any text (the command line's error messages, which are printed, not logged)."""
+        return self._clean(text)
 
 
 class PlainFormatter(logging.Formatter):

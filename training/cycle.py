@@ -5,7 +5,9 @@ the nightly scheduler. It never raises for an ordinary failure: the run is recor
 (nothing promoted, previous adapter kept) and the result says why. With ``[training] promote =
 "admin"`` a candidate that passes the gate is registered as ``waiting`` (the run row says so) and
 only an admin's approval (``LearningService.approve_candidate``) activates it; a newer waiting
-candidate supersedes an older one.
+candidate supersedes an older one. The cycle runs on the bot's event loop and never blocks it:
+its file work (dataset files, probes, the registry, retention, the report) runs in worker
+threads, the training in a child process.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from llm.errors import AdapterError, BusyError
 from training.config import LearningSettings
 from training.dataset import (
     ContentGuard,
+    DatasetReport,
     Example,
+    Split,
     build_examples,
     load_seen,
     mark_seen,
@@ -42,7 +46,7 @@ from training.gate import decide, load_regression, regression_key
 from training.job import RegressionSet, TrainJob
 from training.launch import train_in_child, training_threads
 from training.outcome import CycleResult, resolved_config, write_plot
-from training.preferences import preference_rows, write_rows
+from training.preferences import preference_rows, read_votes, write_rows
 from training.probes import ProbeFile
 from training.registry import Registry
 from training.replay import answers_key, load_replay
@@ -74,6 +78,23 @@ def token_counter(model_path: str) -> Callable[[Sequence[ChatMessage]], int]:
     return count
 
 
+def warm_up(cfg: LearningSettings) -> None:
+    """Load what a cycle loads once per process: the training tokenizer and matplotlib. Both
+    hold the GIL while they load (parsing tokenizer.json, importing extension modules), which
+    stalls an event loop for a few hundred ms even from a worker thread; a process that serves
+    chats calls this (in a worker thread) before it serves. Blocking; failures are left to the
+    cycle to report."""
+    from llm.embedded import resolve_model_path
+
+    with contextlib.suppress(Exception):
+        token_counter(resolve_model_path(cfg.model.name, cfg.storage.path, log.info))
+    with contextlib.suppress(Exception):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
+
+
 @contextlib.contextmanager
 def run_lock(storage: Path) -> Iterator[None]:
     """One training run per storage dir, across processes (bot + `nightowl train`)."""
@@ -91,13 +112,14 @@ def run_lock(storage: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def no_live_run(storage: Path) -> bool:
-    """No process trains on this storage dir now (a 'running' row is then really stale)."""
+async def fail_stale_runs(storage: Path, store: Store) -> int:
+    """Mark 'running' rows failed only while holding the training lock, so a run that another
+    process starts meanwhile is never marked (it waits for the lock, or we skip)."""
     try:
         with run_lock(storage):
-            return True
+            return await store.fail_stale_runs()
     except BusyError:
-        return False
+        return 0
 
 
 async def run_cycle(cfg: LearningSettings, store: Store, *, trigger: str = "manual",
@@ -118,15 +140,13 @@ async def _cycle(cfg: LearningSettings, store: Store, trigger: str, model: ChatM
 
     storage = cfg.storage.path
     registry = Registry(storage)
-    registry.clean_staging()
     run_id = await store.start_run(trigger)
     run_dir = storage / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-run{run_id:04d}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    parent = await asyncio.to_thread(_open_run, registry, run_dir)
     started = time.time()
     staging: Path | None = None
     version: str | None = None
     report: dict[str, Any] = {"trigger": trigger, "run_dir": str(run_dir)}
-    parent = registry.active()
     try:
         say(f"Learning cycle #{run_id} ({trigger}): building the dataset...")
         model_path = await asyncio.to_thread(resolve_model_path, cfg.model.name, storage, say)
@@ -136,13 +156,10 @@ async def _cycle(cfg: LearningSettings, store: Store, trigger: str, model: ChatM
         examples, ds = await asyncio.to_thread(
             build_examples, cfg, convs, now=time.time(), count_tokens=counter, guard=guard,
             disliked=disliked if cfg.training.method == "kto" else None)
-        split = split_examples(cfg, examples, await load_seen(store), ds)
-        held_convs = {e.conversation_id for e in split.eval}
-        prefs, pref_skip = preference_rows(
-            cfg.training.method, split.train,
-            [e for e in disliked if e.conversation_id not in held_convs])
+        seen = await load_seen(store)
+        split, prefs, pref_skip = await asyncio.to_thread(_split, cfg, examples, seen, ds,
+                                                          disliked, run_dir)
         report["dataset"] = ds.to_dict()
-        (run_dir / "dataset.json").write_text(json.dumps(ds.to_dict(), indent=1), "utf-8")
         if pref_skip is not None:
             await store.finish_run(run_id, "skipped", parent=parent, summary=pref_skip,
                                    report=report)
@@ -158,21 +175,12 @@ async def _cycle(cfg: LearningSettings, store: Store, trigger: str, model: ChatM
             say(summary)
             return CycleResult("skipped", run_id, summary, parent=parent, report=report,
                                run_dir=run_dir)
-        reference = parent
-        if parent is not None:
-            try:
-                registry.validate(parent)
-            except AdapterError as exc:
-                say(f"warning: {exc}; comparing against the base model instead")
-                reference = None
-        write_jsonl(run_dir / "train.jsonl", split.train)
-        write_jsonl(run_dir / "eval.jsonl", split.eval)
-        if prefs:
-            write_rows(run_dir / "prefs.jsonl", prefs)
-        staging = registry.staging_dir()
-        job = _job(cfg, registry, model_path, reference, run_dir, staging,
-                   _recent_questions(convs, {e.answer_id for e in split.train},
-                                     cfg.training.report_questions))
+        reference, warning = await asyncio.to_thread(_reference, registry, parent)
+        if warning:
+            say(warning)
+        staged, job = await asyncio.to_thread(_stage, cfg, registry, model_path, reference,
+                                              run_dir, split, prefs, convs)
+        staging = staged
         say(f"Training on {len(split.train)} examples ({len(split.new)} new) in a child "
             "process...")
         result = await train_in_child(cfg, job, say=say)
@@ -191,12 +199,8 @@ async def _cycle(cfg: LearningSettings, store: Store, trigger: str, model: ChatM
                 "examples": len(split.train), "loss_curve": result.stats.loss_curve,
                 "scores": result.scores, "reasons": decision.reasons,
                 "duration_s": round(time.time() - started, 2), **train_stats}
-        version = registry.register(staging, meta)
-        staging = None
-        history = [(info.version, float(info.meta["scores"]["heldout"]["candidate"]["loss"]))
-                   for info in registry.infos()
-                   if isinstance((info.meta.get("scores") or {}).get("heldout", {})
-                                 .get("candidate", {}).get("loss"), float)]
+        registered, history = await asyncio.to_thread(_register, registry, staged, meta)
+        version, staging = registered, None
         ref_loss = result.scores["heldout"].get("reference", {}).get("loss")
         plot = await asyncio.to_thread(write_plot, run_dir / "training.png",
                                        result.stats.loss_curve, history[-20:],
@@ -204,37 +208,32 @@ async def _cycle(cfg: LearningSettings, store: Store, trigger: str, model: ChatM
         report["plot"] = str(plot) if plot else None
         status = "promoted" if decision.promote else "rejected"
         reasons = list(decision.reasons)
+        active = parent
         if waiting:
             status = "waiting"
-            for info in registry.infos():
-                if info.status == "waiting" and info.version != version:
-                    registry.update_meta(info.version, status="rejected",
-                                         reasons=[f"superseded by {version}"])
+            await asyncio.to_thread(_supersede, registry, version)
         elif decision.promote:
-            if model is not None:
-                try:
-                    await model.set_adapter(registry.path(version), version)
-                except LOOP_ERRORS as exc:
-                    status = "failed"
-                    reasons.append(f"the new adapter could not be loaded for serving: {exc}")
-                    registry.update_meta(version, status="rejected", reasons=reasons)
-            if status == "promoted":
-                registry.set_active(version)
+            status, active = await _promote(registry, model, version, parent, reasons)
         await mark_seen(store, [e.key for e in split.train])
-        registry.prune(cfg.training.keep_adapters)
+        await asyncio.to_thread(registry.prune, cfg.training.keep_adapters)
         if status == "promoted":
             summary = f"promoted {version} (parent {parent or 'base'})"
         elif status == "waiting":
             summary = (f"{version} passed the gate and waits for an admin's approval "
                        f"([training] promote = \"admin\"); {parent or 'the base model'} stays "
                        "active")
+        elif status == "rejected" and active != parent:
+            summary = (f"{version} passed the gate but was not promoted: the active adapter "
+                       f"changed during the run ({parent or 'base'} -> {active or 'base'}, a "
+                       f"rollback or another promotion); {active or 'the base model'} stays "
+                       "active")
         elif status == "rejected":
-            summary = f"rejected {version}; {parent or 'the base model'} stays active"
+            summary = f"rejected {version}; {active or 'the base model'} stays active"
         else:
-            summary = f"failed to activate {version}; {parent or 'the base model'} stays active"
+            summary = f"failed to activate {version}; {active or 'the base model'} stays active"
         await store.finish_run(run_id, status,
                                version=version, parent=parent, summary=summary, report=report)
-        (run_dir / "report.json").write_text(json.dumps(report, indent=1, default=str), "utf-8")
+        await asyncio.to_thread(_write_json, run_dir / "report.json", report)
         res = CycleResult(status, run_id, summary, version=version, parent=parent,
                           reasons=reasons, report=report, plot=plot, run_dir=run_dir)
         say(res.text())
@@ -245,16 +244,122 @@ async def _cycle(cfg: LearningSettings, store: Store, trigger: str, model: ChatM
     except Exception as exc:
         log.exception("training cycle %s failed", run_id)
         summary = f"failed: {exc}"
-        if version is not None and registry.active() != version:
-            with contextlib.suppress(Exception):
-                registry.update_meta(version, status="failed", reasons=[summary])
+        if version is not None:
+            await asyncio.to_thread(_mark_failed, registry, version, summary)
         await _fail(store, run_id, summary, parent, report)
         say(f"Training run #{run_id} {summary}")
         return CycleResult("failed", run_id, summary, parent=parent, report=report,
                            run_dir=run_dir)
     finally:
         if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, staging, ignore_errors=True))
+
+
+async def _promote(registry: Registry, model: ChatModel | None, version: str, parent: str | None,
+                   reasons: list[str]) -> tuple[str, str | None]:
+    """Activate ``version``, under the ACTIVE lock, unless ACTIVE moved away from ``parent``
+    during the run (a rollback or another process's change wins). (status, the active version
+    afterwards)."""
+    async with registry.pointer_lock_async():
+        current = await asyncio.to_thread(registry.active)
+        if current != parent:
+            reasons.append(f"not promoted: the active adapter changed during the run "
+                           f"({parent or 'base'} -> {current or 'base'}); retrain to build on it")
+            await asyncio.to_thread(registry.update_meta, version, status="rejected",
+                                    reasons=reasons)
+            return "rejected", current
+        if model is not None:
+            try:
+                await model.set_adapter(registry.path(version), version)
+            except LOOP_ERRORS as exc:
+                reasons.append(f"the new adapter could not be loaded for serving: {exc}")
+                await asyncio.to_thread(registry.update_meta, version, status="rejected",
+                                        reasons=reasons)
+                return "failed", current
+        await asyncio.to_thread(registry.set_active, version)
+        return "promoted", version
+
+
+# ---- the cycle's file work: each runs in a worker thread, never on the event loop -------------
+def _open_run(registry: Registry, run_dir: Path) -> str | None:
+    """Drop staging left by a crash, make the run folder; the active version (the parent)."""
+    registry.clean_staging()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return registry.active()
+
+
+def _split(cfg: LearningSettings, examples: list[Example], seen: set[str], ds: DatasetReport,
+           disliked: list[Example], run_dir: Path
+           ) -> tuple[Split, list[dict[str, Any]], str | None]:
+    """The held-out split and the preference rows; writes ``dataset.json``."""
+    split = split_examples(cfg, examples, seen, ds)
+    held_convs = {e.conversation_id for e in split.eval}
+    votes = (read_votes(cfg.storage.path, cfg.model.system_prompt, cfg.privacy.scrub_pii)
+             if cfg.training.method != "sft" else [])  # the console's blind A/B votes
+    prefs, pref_skip = preference_rows(
+        cfg.training.method, split.train,
+        [e for e in disliked if e.conversation_id not in held_convs], votes=votes, report=ds)
+    _write_json(run_dir / "dataset.json", ds.to_dict())
+    return split, prefs, pref_skip
+
+
+def _reference(registry: Registry, parent: str | None) -> tuple[str | None, str | None]:
+    """The version to compare against (None = the base model) and a warning when the parent
+    is unusable."""
+    if parent is None:
+        return None, None
+    try:
+        registry.validate(parent)
+    except AdapterError as exc:
+        return None, f"warning: {exc}; comparing against the base model instead"
+    return parent, None
+
+
+def _stage(cfg: LearningSettings, registry: Registry, model_path: str, reference: str | None,
+           run_dir: Path, split: Split, prefs: list[dict[str, Any]],
+           convs: Sequence[TrainingConversation]) -> tuple[Path, TrainJob]:
+    """Write the run's dataset files, make the staging folder; the child's job."""
+    questions = _recent_questions(convs, {e.answer_id for e in split.train},
+                                  cfg.training.report_questions)
+    write_jsonl(run_dir / "train.jsonl", split.train)
+    write_jsonl(run_dir / "eval.jsonl", split.eval)
+    if prefs:
+        write_rows(run_dir / "prefs.jsonl", prefs)
+    staging = registry.staging_dir()
+    try:
+        return staging, _job(cfg, registry, model_path, reference, run_dir, staging, questions)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _register(registry: Registry, staging: Path, meta: dict[str, Any]
+              ) -> tuple[str, list[tuple[str, float]]]:
+    """Register the staged adapter; the new version and every version's held-out loss."""
+    version = registry.register(staging, meta)
+    history = [(info.version, float(info.meta["scores"]["heldout"]["candidate"]["loss"]))
+               for info in registry.infos()
+               if isinstance((info.meta.get("scores") or {}).get("heldout", {})
+                             .get("candidate", {}).get("loss"), float)]
+    return version, history
+
+
+def _supersede(registry: Registry, version: str) -> None:
+    """A newer waiting candidate rejects the older waiting ones."""
+    for info in registry.infos():
+        if info.status == "waiting" and info.version != version:
+            registry.update_meta(info.version, status="rejected",
+                                 reasons=[f"superseded by {version}"])
+
+
+def _mark_failed(registry: Registry, version: str, summary: str) -> None:
+    if registry.active() != version:
+        with contextlib.suppress(Exception):
+            registry.update_meta(version, status="failed", reasons=[summary])
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, default=str), "utf-8")
 
 
 def _recent_questions(convs: Sequence[TrainingConversation], trained: set[int],
@@ -266,13 +371,14 @@ def _recent_questions(convs: Sequence[TrainingConversation], trained: set[int],
         for q, a in itertools.pairwise(msgs):
             if q.role == "user" and a.role == "assistant" and a.id not in trained \
                     and q.text.strip():
-                found.append((q.created_at, scrub(q.text.strip()).text))
+                found.append((q.created_at, q.text.strip()))
     out: list[str] = []
-    for _, text in sorted(found, reverse=True):
-        if text not in out:
-            out.append(text)
+    for _, raw in sorted(found, reverse=True):  # scrubbed newest first, only as many as needed
         if len(out) >= limit:
             break
+        text = scrub(raw).text
+        if text not in out:
+            out.append(text)
     return tuple(out)
 
 

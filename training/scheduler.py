@@ -79,6 +79,7 @@ class NightlyScheduler:
         self.skipped = 0
         # the run started on entry to make up for one missed while the bot was down, if any
         self.catch_up: asyncio.Task[Any] | None = None
+        self.current: asyncio.Task[Any] | None = None  # the scheduled run in progress
 
     @property
     def next_run_time(self) -> dt.datetime | None:
@@ -118,10 +119,11 @@ class NightlyScheduler:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None
-        if self.catch_up is not None:
-            self.catch_up.cancel()  # a no-op once it finished
-            with contextlib.suppress(BaseException):
-                await self.catch_up
+        for task in (self.catch_up, self.current):
+            if task is not None:  # a run in progress is cancelled: its child trainer is killed
+                task.cancel()  # a no-op once it finished
+                with contextlib.suppress(BaseException):
+                    await task
 
     async def fire(self) -> RetrainOutcome | None:
         """One scheduled run (also what the cron job calls). Skips if training is running."""
@@ -142,7 +144,10 @@ class NightlyScheduler:
 
 async def run_scheduled(sched: NightlyScheduler) -> None:
     """The APScheduler job function."""
+    sched.current = asyncio.current_task()
     try:
         await sched.fire()
     except Exception:  # a failed run never stops the scheduler
         log.exception("scheduled training failed")
+    finally:
+        sched.current = None

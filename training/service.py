@@ -1,7 +1,11 @@
 """LearningService: what the running bot uses from training/ (implements bot.core.Learning).
 
 One asyncio lock makes training single-flight for ``/retrain``, the terminal and the scheduler; the
-cycle also takes a file lock so a ``nightowl train`` in another process cannot overlap. With
+cycle also takes a file lock so a ``nightowl train`` in another process cannot overlap. Changing
+the active adapter (``/rollback``, approving a candidate, following another process's change)
+takes only the registry's short ACTIVE lock (:meth:`Registry.pointer_lock_async`), never the
+training lock: a rollback does not wait for a training run, and a run that finishes after a
+rollback does not promote over it (:func:`training.cycle.run_cycle`). With
 ``[training] promote = "admin"`` a candidate that passed the gate waits in the registry (status
 ``waiting``) until :meth:`LearningService.approve_candidate` activates it or
 :meth:`~LearningService.reject_candidate` drops it; both are recorded on the run and in the
@@ -11,6 +15,7 @@ adapter's ``meta.json`` with who decided.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -19,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from data.store import Store
+from data.users import Forgotten
 from llm.base import ChatModel
 from llm.errors import AdapterError
 from training.config import LearningSettings
-from training.cycle import no_live_run, run_cycle
+from training.cycle import fail_stale_runs, run_cycle
 from training.dataset import ContentGuard
 from training.errors import LOOP_ERRORS
 from training.outcome import CycleResult
@@ -63,8 +69,8 @@ class LearningService:
     async def activate_on_start(self) -> str | None:
         """Load the ACTIVE adapter into the model; a corrupt one keeps the base (logged)."""
         try:
-            if no_live_run(self.cfg.storage.path):  # another process's live run is not stale
-                await self.store.fail_stale_runs()
+            # another process's live run is not stale: only under the training lock
+            await fail_stale_runs(self.cfg.storage.path, self.store)
         except Exception:
             log.exception("could not mark interrupted training runs as failed")
         version = self.registry.active()
@@ -92,8 +98,9 @@ class LearningService:
         return RetrainOutcome(result.text(), ok=result.status != "failed", files=files)
 
     async def rollback(self, version: str | None) -> str:
-        """Activate ``version`` (default: the previous promoted one) and hot-swap the model."""
-        async with self.lock:
+        """Activate ``version`` (default: the previous promoted one) and hot-swap the model;
+        never waits for a training run (only for the short ACTIVE lock)."""
+        async with self.registry.pointer_lock_async():
             try:
                 old = self.registry.active()
                 _, target = self.registry.plan_rollback(version)
@@ -110,12 +117,12 @@ class LearningService:
 
         Returns the version switched to, or None when nothing changed or the switch was refused.
         """
-        if self.model is None or self.lock.locked():
+        if self.model is None or self.registry.active() == self.model.active_adapter:
             return None
-        wanted = self.registry.active()
-        if wanted == self.model.active_adapter:
-            return None
-        async with self.lock:
+        async with self.registry.pointer_lock_async():
+            wanted = self.registry.active()
+            if wanted == self.model.active_adapter:
+                return None
             try:
                 path = self.registry.validate(wanted) if wanted else None
                 await self.model.set_adapter(path, wanted)
@@ -126,26 +133,40 @@ class LearningService:
         log.info("switched to adapter %s (changed by another process)", wanted or "base")
         return wanted
 
-    async def purge_texts(self, texts: list[str]) -> int:
-        """/forget: drop a user's lines from dataset files on disk (runs and exports), their
-        preference rows and the recent questions sampled into run reports."""
-        from training.forget import purge_dataset_lines
-        from training.forget_runs import needles_of, purge_questions, purge_run_files
+    async def purge_forgotten(self, who: Forgotten) -> int:
+        """/forget: drop a user's records from the dataset files on disk (runs, exports: by id,
+        by text in files from before records had ids), and the recent questions sampled into
+        run reports. File work runs off the event loop; an unreadable or unwritable file
+        raises (``OSError``) so /forget reports it."""
+        from training.forget import PurgeError, needles_of, purge_dataset_lines
+        from training.forget_runs import purge_questions, purge_run_files
 
         root = self.cfg.storage.path
         removed = 0
-        for sub in ("runs", "exports"):
-            removed += await asyncio.to_thread(purge_dataset_lines, root / sub, texts)
-        removed += await asyncio.to_thread(purge_run_files, root / "runs", texts)
-        removed += await asyncio.to_thread(purge_run_files, root / "adapters", texts)
-        needles = needles_of(texts)
+        needles = needles_of(who.texts)
+        failed: list[str] = []
+        jobs = [functools.partial(purge_dataset_lines, root / sub, who)
+                for sub in ("runs", "exports")]
+        jobs += [functools.partial(purge_run_files, root / sub, needles)
+                 for sub in ("runs", "adapters")]
+        for job in jobs:
+            try:  # one broken file or folder does not keep the others
+                removed += await asyncio.to_thread(job)
+            except (OSError, UnicodeDecodeError) as exc:
+                failed.append(str(exc))
         for run in await self.store.runs(limit=100_000):
             report = dict(run.report)
             n = purge_questions(report, needles)
             if n:
                 removed += n
                 await self.store.set_run_report(run.id, report)
+        if failed:
+            raise PurgeError("; ".join(failed))
         return removed
+
+    async def purge_texts(self, texts: list[str]) -> int:
+        """The text-only purge (files without ids); :meth:`purge_forgotten` is /forget's."""
+        return await self.purge_forgotten(Forgotten(texts=tuple(texts)))
 
     # ---- promotion on approval ([training] promote = "admin") --------------------------------
     def _waiting(self) -> str | None:
@@ -164,8 +185,9 @@ class LearningService:
                 f"the gate and waits for approval: {reasons}")
 
     async def approve_candidate(self, by: str) -> str:
-        """Activate the waiting candidate (hot swap) and record who approved it."""
-        async with self.lock:
+        """Activate the waiting candidate (hot swap) and record who approved it (under the
+        ACTIVE lock only: approving does not wait for a training run)."""
+        async with self.registry.pointer_lock_async():
             version = self._waiting()
             if version is None:
                 return "No candidate is waiting for approval."

@@ -14,7 +14,7 @@ import sys
 from bot.cli import chat, console, kb, ops, training
 from bot.config import load_config
 from bot.core import USER_ERRORS
-from bot.logs import setup_logging
+from bot.logs import RedactSecrets, setup_logging
 
 EXIT_ERROR = 2
 GROUPS = (chat, ops, kb, training, console)
@@ -40,12 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.run is None:
         parser.print_help()
         return 0
+    redact = RedactSecrets([])
     try:
         cfg = load_config(args.config)
+        redact = RedactSecrets(cfg.secret_values())
         setup_logging(cfg.logging, cfg.storage.path, cfg.secret_values(), quiet=args.quiet)
         return asyncio.run(args.run(args, cfg))
-    except USER_ERRORS as exc:
-        print(f"nightowl: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:  # may quote a library's message that holds a token: redacted
+        print(f"nightowl: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

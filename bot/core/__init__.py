@@ -24,7 +24,8 @@ from bot.core.messages import (
     Renderer,
     Reply,
 )
+from bot.core.text import pseudonym
 
 __all__ = ["COMMANDS", "EMPTY_REPLY", "USER_ERRORS", "Attachment", "Button", "CollectingRenderer",
            "Command", "CommandResult", "ConfigError", "Core", "Incoming", "Learning",
-           "NightOwlError", "Renderer", "Reply"]
+           "NightOwlError", "Renderer", "Reply", "pseudonym"]

@@ -26,6 +26,7 @@ class ChatConfig:
     max_message_chars: int = setting(8000, 1, 1_000_000)
     stream_interval_s: float = setting(0.5, 0.0, 60.0)
     recover_max_age_s: float = setting(600.0, 0.0, 10_000_000.0)
+    shutdown_grace_s: float = setting(5.0, 0.0, 600.0)
 
 
 @dataclass(frozen=True)

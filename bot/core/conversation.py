@@ -12,10 +12,10 @@ behaviour; per-chat state is bounded.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,12 @@ from bot.core.limits import RateLimiter
 from bot.core.messages import CommandResult, DeliveryReport, Incoming, Notifier, Renderer, Reply
 from bot.core.metrics import Metrics
 from bot.core.moderation import Guards, build_guard
+from bot.core.shutdown import RESTART_NOTICE, Halt, Halted
+from bot.core.text import pseudonym
 from data.store import Store
-from llm.base import ChatModel, StreamInfo
+from llm.base import ChatMessage, ChatModel, StreamInfo
 from llm.errors import BusyError
-from llm.prompt import build_messages, fit_messages
+from llm.prompt import build_messages, fit_messages_off_loop
 from rag.base import KnowledgeBase, Passage, Retriever, citations, format_context
 
 log = logging.getLogger("nightowl.core")
@@ -46,8 +48,7 @@ RESTART_APOLOGY = ("Sorry, I restarted before I could answer your message. Pleas
 
 def user_hash(inc: Incoming) -> str:
     """A short stable pseudonym for logs: never the raw platform user id."""
-    digest = hashlib.sha256(f"{inc.platform}:{inc.user_id}".encode()).hexdigest()
-    return digest[:12]
+    return pseudonym(inc.platform, inc.user_id)
 
 
 class Core:
@@ -70,6 +71,7 @@ class Core:
         # one lock per (platform, chat, user): a user's messages are answered in order
         self.locks: KeyedLocks[tuple[str, str, str]] = KeyedLocks(MAX_CHATS)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.halt = Halt()
 
     # ---- wiring -----------------------------------------------------------------------------
     def add_admin_notifier(self, notifier: Notifier) -> None:
@@ -166,7 +168,8 @@ class Core:
                                       [{"role": m.role, "content": m.text} for m in history],
                                       text)
             budget = self.model.context_length - self.cfg.model.max_new_tokens
-            fitted = fit_messages(messages, self.model.count_tokens, max(budget, 64))
+            fitted = await fit_messages_off_loop(messages, self.model.count_tokens,
+                                                 max(budget, 64))
             kept = len(fitted.messages) - 2
             if fitted.dropped_history:
                 notices.append(f"⚠️ used only the last {kept} messages of our conversation.")
@@ -174,12 +177,10 @@ class Core:
                 notices.append("⚠️ your message was too long for the model; I read only its "
                                "beginning.")
             info = StreamInfo()
-            answer = ""
-            async for delta in self.model.stream(fitted.messages, self.cfg.model.gen_params(),
-                                                info=info):
-                answer += delta
-                await renderer.update(answer.lstrip())
+            answer = await self.halt.run(self._generate(fitted.messages, renderer, info))
             answer = answer.strip() or "(no answer)"
+        except Halted:  # stopping: the question stays pending and is answered after the restart
+            return await self._halted(renderer)
         except asyncio.CancelledError:
             await self.store.set_message_status(qid, "failed")
             raise
@@ -201,23 +202,66 @@ class Core:
         self.metrics.latency.labels(platform).observe(latency)
         self.metrics.tokens.inc(info.completion_tokens)
         sources = [p.to_dict() for p in passages]
-        aid = await self.store.answer(qid, conv, answer, model=self.model.name,
-                                      adapter=info.adapter, latency_s=latency, sources=sources,
-                                      dropped_history=fitted.dropped_history)
+        aid = await self._store_answer(qid, conv, answer, info, latency, sources,
+                                       fitted.dropped_history)
         full = answer
         if passages:
             full += "\n\nSources:\n" + citations(passages)
         if notices:
             full += "\n\n" + "\n".join(notices)
         reply = Reply(full, answer_id=aid, sources=sources, notices=notices, model=self.model.name,
-                      adapter=info.adapter, latency_s=latency, answer=answer)
+                      adapter=info.adapter, latency_s=latency, answer=answer,
+                      feedback=aid is not None)
         await renderer.finish(reply)
-        await self._record_delivery(renderer, aid, platform, chat_id)
+        if aid is not None:
+            await self._record_delivery(renderer, aid, platform, chat_id)
         log.info("answered", extra={"event": "answer", "platform": platform, "chat": chat_id,
                                     "user": user,
                                     "answer_id": aid, "latency_s": round(latency, 3),
                                     "adapter": info.adapter, "tokens": info.completion_tokens})
         return reply
+
+    async def _generate(self, messages: Sequence[ChatMessage], renderer: Renderer,
+                        info: StreamInfo) -> str:
+        answer = ""
+        async for delta in self.model.stream(messages, self.cfg.model.gen_params(), info=info):
+            answer += delta
+            await renderer.update(answer.lstrip())
+        return answer
+
+    async def _halted(self, renderer: Renderer) -> Reply:
+        reply = Reply(RESTART_NOTICE, feedback=False)
+        try:  # best effort, bounded: the platform may be going away too
+            await asyncio.wait_for(renderer.finish(reply), 3.0)
+        except Exception:
+            log.warning("could not tell the user that their question waits for the restart")
+        return reply
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop in bounded time: training in the background is cancelled (its child is killed),
+        answers in progress get ``grace_s`` to finish, the rest stay pending for recovery."""
+        self.halt.begin()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.halt.drain(grace_s)
+        await self.wait_background()
+
+    async def _store_answer(self, qid: int, conv: int, answer: str, info: StreamInfo,
+                            latency: float, sources: list[dict[str, Any]],
+                            dropped_history: int) -> int | None:
+        """The streamed answer's id, or None when storing it failed: it is still shown (without
+        👍/👎) and its question is marked failed, so a restart does not answer it twice."""
+        try:
+            return await self.store.answer(qid, conv, answer, model=self.model.name,
+                                           adapter=info.adapter, latency_s=latency,
+                                           sources=sources, dropped_history=dropped_history)
+        except Exception:
+            log.exception("storing the answer to message %s failed; it is shown unsaved", qid)
+        try:
+            await self.store.set_message_status(qid, "failed")
+        except Exception:
+            log.exception("could not mark message %s failed either", qid)
+        return None
 
     async def _record_delivery(self, renderer: Renderer, answer_id: int, platform: str,
                                chat_id: str) -> None:
@@ -255,9 +299,13 @@ class Core:
         Each pending message is handled once: it leaves the 'pending' state either way.
         """
         handled = 0
-        for msg, plat, chat_id, user_id in await self.store.pending_messages():
+        for pending in await self.store.pending_messages():
+            msg, plat, chat_id, user_id = (pending.message, pending.platform, pending.chat_id,
+                                           pending.user_id)
             if plat != platform:
                 continue
+            if self.halt.stopping:  # the rest stays pending for the next start
+                break
             handled += 1
             renderer = renderer_for(chat_id, user_id)
             age = time.time() - msg.created_at
@@ -290,6 +338,13 @@ class Core:
             result = await cmd.handler(self, inc, args)
         except USER_ERRORS as exc:
             result = CommandResult(str(exc), ok=False)
+        except Exception as exc:  # e.g. OSError from a full disk: audited, then raised
+            try:
+                await self.store.audit(inc.platform, inc.user_id, name, args, True,
+                                       f"failed: {type(exc).__name__}")
+            except Exception:
+                log.exception("could not audit the failed /%s", name)
+            raise
         await self.store.audit(inc.platform, inc.user_id, name, args, True,
                                result.text.splitlines()[0] if result.text else "")
         return result
@@ -300,5 +355,12 @@ class Core:
         return await trust.feedback(self, inc, answer_id, value)
 
     async def forget(self, inc: Incoming) -> CommandResult:
-        """Delete everything stored about this user (after the platform's confirmation)."""
-        return await handlers.forget(self, inc)
+        """Delete everything stored about this user (after the platform's confirmation), holding
+        the user's lock in every chat they talk in, so no answer of theirs is in flight."""
+        user = await self.store.get_user(inc.platform, inc.user_id)
+        chats = await self.store.user_chats(user.id) if user is not None else []
+        async with contextlib.AsyncExitStack() as held:
+            for chat in sorted({*chats, str(inc.chat_id)}):  # one order: no deadlock
+                await held.enter_async_context(self.locks.hold((inc.platform, chat,
+                                                                str(inc.user_id))))
+            return await handlers.forget(self, inc)

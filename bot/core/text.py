@@ -11,6 +11,7 @@ An empty (or all-blank) text has no parts: ``[]``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 
@@ -84,3 +85,9 @@ def split_command(text: str) -> tuple[str, str]:
     head, _, rest2 = head.partition("\n")
     args = (rest2 + " " + rest).strip() if rest2 else rest.strip()
     return head.lstrip("/").split("@", 1)[0].lower(), args
+
+
+def pseudonym(platform: str, raw_id: object) -> str:
+    """A short stable stand-in for a platform user or chat id in logs: never the raw id (the
+    same for one id everywhere, so log lines of one person can still be followed)."""
+    return hashlib.sha256(f"{platform}:{raw_id}".encode()).hexdigest()[:12]

@@ -20,7 +20,7 @@ def test_runs_in_another_thread_that_is_gone_afterwards() -> None:
     assert in_short_thread(work) == 42
     assert seen[0] is not threading.current_thread()
     assert not seen[0].is_alive()
-    assert set(threading.enumerate()) == before
+    assert set(threading.enumerate()) <= before  # (another test's thread may end meanwhile)
 
 
 def test_exceptions_reach_the_caller() -> None:
