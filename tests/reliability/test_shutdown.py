@@ -5,7 +5,6 @@ the training child is stopped and the run is marked as stopped, not left running
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import time
@@ -25,6 +24,7 @@ from tests.reliability.test_process import (
     wait_until,
     write_config,
 )
+from tests.reliability.test_training_child import _alive
 
 pytestmark = pytest.mark.slow
 __all__ = ["fake"]  # the fixture
@@ -70,17 +70,6 @@ def _trainers(pid: int) -> list[int]:
         if b"training.sft" in cmd:
             found.append(child)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def test_sigterm_mid_answer_stops_in_10_s_and_the_question_is_answered_after_restart(
